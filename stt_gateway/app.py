@@ -1,0 +1,61 @@
+"""The application factory: :func:`create_app` wires settings, engines, registry and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from .engines.base import EngineProvider
+from .engines.local import LocalEngineProvider
+from .registry import SessionRegistry
+from .settings import Settings
+from .transports import info, rest, sse, ws
+from .transports.common import REGISTRY, SETTINGS, error_middleware
+
+log = logging.getLogger(__name__)
+
+_JSON_BODY_SLACK = 64 * 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    providers: dict[str, EngineProvider] | None = None,
+) -> web.Application:
+    """Build the gateway's aiohttp application.
+
+    Args:
+        settings: configuration; default: read from the environment and ``.env``.
+        providers: engines by config name; default: the embedded ``local`` engine. Tests and
+            benchmarks pass their own (e.g. an instant engine).
+
+    The engine thread pool is created here and shut down on cleanup; live sessions are closed
+    (``session_end`` reason ``shutdown``) when the server shuts down.
+    """
+    settings = settings or Settings()
+    # Body limit above the audio chunk limit, so an oversized chunk gets our 413 with a
+    # message rather than aiohttp's bare one (base64 in JSON is 4/3 of the bytes).
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.max_chunk_bytes * 4 // 3 + _JSON_BODY_SLACK,
+    )
+    executor = ThreadPoolExecutor(settings.engine_threads, thread_name_prefix="engine")
+    if providers is None:
+        providers = {"local": LocalEngineProvider(executor, pool_idle=settings.engine_threads)}
+    app[SETTINGS] = settings
+    app[REGISTRY] = SessionRegistry(settings, providers)
+    for module in (rest, sse, ws, info):
+        app.add_routes(module.routes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    async def close_sessions(app: web.Application) -> None:
+        await app[REGISTRY].close_all("shutdown")
+
+    app.on_shutdown.append(close_sessions)
+    app.cleanup_ctx.append(lifecycle)
+    return app

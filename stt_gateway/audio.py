@@ -1,0 +1,76 @@
+"""PCM16 (linear16) chunk checks and streaming resampling.
+
+PCM16 here is signed 16-bit little-endian, mono: 2 bytes per sample.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from .errors import BadBase64, ChunkTooLarge, EmptyAudio, OddByteCount
+
+BYTES_PER_SAMPLE = 2
+
+Int16Array = npt.NDArray[np.int16]
+
+
+def check_chunk(chunk: bytes, max_bytes: int) -> None:
+    """Check that ``chunk`` can be PCM16 audio.
+
+    Raises:
+        EmptyAudio: ``chunk`` has no bytes.
+        ChunkTooLarge: ``chunk`` has more than ``max_bytes`` bytes.
+        OddByteCount: ``len(chunk)`` is odd, so it cannot hold whole 2-byte samples.
+    """
+    size = len(chunk)
+    if size == 0:
+        raise EmptyAudio("the audio chunk is empty")
+    if size > max_bytes:
+        raise ChunkTooLarge(f"the audio chunk has {size} bytes; the limit is {max_bytes}")
+    if size % BYTES_PER_SAMPLE:
+        raise OddByteCount(
+            f"the audio chunk has {size} bytes, an odd count: PCM16 needs 2 bytes per sample"
+        )
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode standard base64 (RFC 4648 §4, padding required), refusing any stray character.
+
+    Raises:
+        BadBase64: ``text`` is not valid base64.
+    """
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadBase64(f"audio_data is not valid base64: {exc}") from exc
+
+
+def duration_ms(n_bytes: int, sample_rate: int) -> float:
+    """Milliseconds of mono PCM16 audio in ``n_bytes`` bytes at ``sample_rate`` Hz."""
+    return n_bytes / BYTES_PER_SAMPLE * 1000.0 / sample_rate
+
+
+class Resampler:
+    """Streaming PCM16 sample-rate conversion (libsoxr via ``soxr.ResampleStream``, HQ).
+
+    Keeps filter state between chunks, so chunk boundaries leave no clicks; the output lags
+    the input by the filter's delay (a few ms) until :meth:`flush`.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16")
+
+    def process(self, samples: Int16Array) -> Int16Array:
+        """Resample one chunk of int16 samples; returns the samples ready so far."""
+        out: Int16Array = self._stream.resample_chunk(samples)
+        return out
+
+    def flush(self) -> Int16Array:
+        """Return the samples still held in the filter (end of stream)."""
+        out: Int16Array = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+        return out

@@ -1,0 +1,76 @@
+"""The engine interface: what a session needs from a speech recogniser.
+
+An :class:`Engine` is one recognition stream (one per session). It is fed PCM16 at the
+session's sample rate and yields :data:`~stt_gateway.events.EngineResult` items — interim
+``TokenData``, ``FinalData``, ``SpeechStartData``, ``SpeechEndData`` and ``ErrorData`` — from
+:meth:`Engine.results`. Vendor payloads and vendor exceptions never leave an engine module.
+
+An :class:`EngineProvider` knows one kind of engine: whether it can run on this install, what
+languages it has, how to fill a config's defaults, and how to make an engine for a session.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+from ..events import EngineResult
+from ..models import SessionConfig
+
+
+class Engine(ABC):
+    """One recognition stream.
+
+    Call order: :meth:`start` once, then any number of :meth:`feed` / :meth:`finalize`, then
+    :meth:`close` once. :meth:`results` is iterated by exactly one consumer from before the
+    first ``feed``; it ends after ``close`` once every last result has been yielded.
+    """
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load what the stream needs. Raises :class:`~stt_gateway.errors.EngineError`."""
+
+    @abstractmethod
+    async def feed(self, pcm: bytes) -> None:
+        """Queue PCM16 audio (whole samples, session rate). Awaits while the engine is behind:
+        that wait is the backpressure a producer feels."""
+
+    @abstractmethod
+    async def finalize(self) -> None:
+        """Ask for the utterance in progress to be finalized now (a ``final`` follows)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """End the stream: flush queued audio, finalize, then let :meth:`results` end."""
+
+    @abstractmethod
+    def results(self) -> AsyncIterator[EngineResult]:
+        """The stream's results in order; ends after :meth:`close` has flushed."""
+
+
+class EngineProvider(ABC):
+    """Factory and description of one engine kind (``local``, ``deepgram``, …)."""
+
+    name: str
+    """The ``engine`` value in a session config."""
+
+    @property
+    @abstractmethod
+    def languages(self) -> list[str]:
+        """BCP-47 tags this engine recognises; the first is its default."""
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """``None`` when the engine can serve on this install, else why not (for people)."""
+
+    @abstractmethod
+    def resolve(self, config: SessionConfig) -> SessionConfig:
+        """Return ``config`` with this engine's defaults filled in.
+
+        Raises:
+            InvalidConfig: a value this engine cannot honour (the message names the field).
+        """
+
+    @abstractmethod
+    def create(self, config: SessionConfig) -> Engine:
+        """A new, not yet started engine for a session with the resolved ``config``."""

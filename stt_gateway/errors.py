@@ -1,0 +1,141 @@
+"""Every way the gateway refuses or fails, in one tree.
+
+::
+
+    GatewayError                 code                 HTTP   WS / SSE
+    ├── SessionNotFound          session_not_found    404    (route answers 404 before upgrade)
+    ├── SessionClosed            session_closed       409    error event
+    ├── TooManySessions          too_many_sessions    503    —
+    ├── InvalidConfig            invalid_config       422    —
+    ├── AudioError                                    4xx    error event, socket stays open
+    │   ├── EmptyAudio           empty_audio          400
+    │   ├── OddByteCount         odd_byte_count       400
+    │   ├── BadBase64            bad_base64           400
+    │   ├── BadRequestBody       bad_request          400
+    │   ├── UnsupportedMediaType unsupported_media_type 415
+    │   └── ChunkTooLarge        chunk_too_large      413
+    ├── BadControlMessage        bad_control          —      error event, socket stays open
+    └── EngineError              engine_error         500    error event
+        └── EngineUnavailable    engine_unavailable   422    —
+
+A handler never builds an error body by hand: it raises one of these, and the HTTP layer turns
+it into ``{"error": {"code", "message"}}`` with :attr:`GatewayError.status`, while the WebSocket
+layer turns it into an ``error`` event. Engines translate their own library's exceptions into
+:class:`EngineError` at their edge (``raise EngineError(...) from exc``) so nothing above them
+sees a vendor exception.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client.
+
+    Attributes:
+        code: a stable, machine-readable identifier (snake_case) clients may switch on.
+        status: the HTTP status the REST layer answers with.
+        message: a sentence a person understands, naming what was wrong.
+    """
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionNotFound(GatewayError):
+    """No session has this id (never created, or removed after its retention time)."""
+
+    code = "session_not_found"
+    status = 404
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session with id {session_id!r}")
+
+
+class SessionClosed(GatewayError):
+    """The session is closing or closed and takes no more audio or control messages."""
+
+    code = "session_closed"
+    status = 409
+
+
+class TooManySessions(GatewayError):
+    """The gateway already holds ``max_sessions`` live sessions."""
+
+    code = "too_many_sessions"
+    status = 503
+
+
+class InvalidConfig(GatewayError):
+    """A session config key is unknown or its value impossible; the message names the field."""
+
+    code = "invalid_config"
+    status = 422
+
+
+class AudioError(GatewayError):
+    """An audio chunk that cannot be PCM16: nothing of it is fed to the engine."""
+
+    status = 400
+
+
+class EmptyAudio(AudioError):
+    """A chunk of zero bytes."""
+
+    code = "empty_audio"
+
+
+class OddByteCount(AudioError):
+    """A chunk whose length is not a whole number of 2-byte PCM16 samples."""
+
+    code = "odd_byte_count"
+
+
+class BadBase64(AudioError):
+    """``audio_data`` in a JSON body is not valid base64."""
+
+    code = "bad_base64"
+
+
+class BadRequestBody(AudioError):
+    """A request body that is not the JSON shape or content type the route takes."""
+
+    code = "bad_request"
+
+
+class UnsupportedMediaType(AudioError):
+    """An audio POST whose ``Content-Type`` is neither JSON nor ``application/octet-stream``."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class ChunkTooLarge(AudioError):
+    """A chunk larger than the ``max_chunk_bytes`` setting."""
+
+    code = "chunk_too_large"
+    status = 413
+
+
+class BadControlMessage(GatewayError):
+    """A WebSocket text frame that is not a known JSON control message."""
+
+    code = "bad_control"
+    status = 400
+
+
+class EngineError(GatewayError):
+    """The speech engine failed; the message says how, without vendor internals or secrets."""
+
+    code = "engine_error"
+    status = 500
+
+
+class EngineUnavailable(EngineError):
+    """The requested engine cannot serve on this install (missing model, key or package)."""
+
+    code = "engine_unavailable"
+    status = 422

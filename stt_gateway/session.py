@@ -1,0 +1,216 @@
+"""The session core: lifecycle, the engine, the event log and the transcript. No HTTP, no sockets.
+
+Lifecycle (``docs/api.md``)::
+
+    created ──first audio──► streaming ──close()──► closing ──last finals, session_end──► closed
+       └───────────────────────close()──────────────────┘
+
+Audio goes in through :meth:`Session.feed`; one pump task turns the engine's results into
+events. :meth:`Session.close` asks the engine to flush, waits (bounded) for its last results,
+publishes ``session_end`` and returns the transcript; it is idempotent and every caller gets
+the same outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .audio import BYTES_PER_SAMPLE, check_chunk
+from .engines.base import Engine
+from .errors import GatewayError, SessionClosed
+from .eventlog import EventLog, Subscription
+from .events import EngineResult, ErrorData, FinalData, SessionEndData
+from .models import Segment, SessionConfig, SessionInfo, SessionState, Transcript
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """One live transcription: audio in, events out.
+
+    Args:
+        session_id: the session's id.
+        config: its resolved config (every default filled in).
+        engine: a not yet started engine for it.
+        max_chunk_bytes: the largest audio chunk :meth:`feed` takes.
+        ring_size, queue_size: see :class:`~stt_gateway.eventlog.EventLog`.
+        close_timeout_s: longest wait (s) for the engine's last results on close.
+        on_closed: called once, after ``session_end`` is published.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        config: SessionConfig,
+        engine: Engine,
+        *,
+        max_chunk_bytes: int,
+        ring_size: int,
+        queue_size: int,
+        close_timeout_s: float,
+        on_closed: Callable[[Session], None] = lambda _s: None,
+    ) -> None:
+        self.id = session_id
+        self.config = config
+        self.created_at = time.time()
+        self._engine = engine
+        self._max_chunk_bytes = max_chunk_bytes
+        self._close_timeout_s = close_timeout_s
+        self._on_closed = on_closed
+        self._log = EventLog(session_id, ring_size=ring_size, queue_size=queue_size)
+        self._state: SessionState = "created"
+        self._audio_bytes = 0
+        self._finals: list[FinalData] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[Transcript] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the engine and the result pump.
+
+        Raises:
+            EngineError: the engine could not start.
+        """
+        await self._engine.start()
+        self._pump = asyncio.create_task(self._run_pump(), name=f"session-{self.id}-pump")
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio received so far."""
+        return self._audio_bytes / BYTES_PER_SAMPLE / self.config.sample_rate
+
+    async def feed(self, pcm: bytes) -> None:
+        """Take one chunk of PCM16 audio at the session's sample rate.
+
+        Awaits while the engine is behind (backpressure on the producer).
+
+        Raises:
+            EmptyAudio, OddByteCount, ChunkTooLarge: the chunk cannot be PCM16 audio; nothing
+                of it is used and the session goes on.
+            SessionClosed: the session is closing or closed.
+        """
+        self._check_open()
+        check_chunk(pcm, self._max_chunk_bytes)
+        if self._state == "created":
+            self._state = "streaming"
+        self._audio_bytes += len(pcm)
+        await self._engine.feed(pcm)
+
+    async def finalize(self) -> None:
+        """Finalize the utterance in progress now (a ``final`` follows).
+
+        Raises:
+            SessionClosed: the session is closing or closed.
+        """
+        self._check_open()
+        await self._engine.finalize()
+
+    async def close(self, reason: str = "client_closed") -> Transcript:
+        """Flush the engine, publish its last finals, then ``session_end``; idempotent.
+
+        Every call, concurrent or later, returns the same transcript; the first call's
+        ``reason`` is the one published.
+        """
+        if self._closing is None:
+            self._state = "closing"
+            self._closing = asyncio.create_task(
+                self._close(reason), name=f"session-{self.id}-close"
+            )
+        # Shielded: a client that hangs up mid-close must not cancel the close itself.
+        return await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> Transcript:
+        pump = self._pump
+        if pump is not None:
+            try:
+                async with asyncio.timeout(self._close_timeout_s):
+                    if not pump.done():
+                        await self._engine.close()
+                    await asyncio.shield(pump)
+            except TimeoutError:
+                pump.cancel()
+                self._log.publish(
+                    ErrorData(
+                        code="engine_timeout",
+                        message=f"the engine did not flush its last results within "
+                        f"{self._close_timeout_s:g} s; they are lost",
+                    )
+                )
+        self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
+        self._state = "closed"
+        log.info(
+            "session closed id=%s reason=%s audio_s=%.2f events=%d",
+            self.id,
+            reason,
+            self.audio_seconds,
+            self._log.last_seq,
+        )
+        self._on_closed(self)
+        return self.transcript()
+
+    async def _run_pump(self) -> None:
+        try:
+            async for result in self._engine.results():
+                self._publish_result(result)
+        except GatewayError as exc:
+            self._fail(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("engine failed in session %s", self.id)
+            self._fail("engine_error", f"the speech engine failed: {type(exc).__name__}")
+
+    def _fail(self, code: str, message: str) -> None:
+        self._log.publish(ErrorData(code=code, message=message))
+        if self._closing is None:
+            self._state = "closing"
+            self._closing = asyncio.create_task(self._close("engine_error"))
+
+    def _publish_result(self, result: EngineResult) -> None:
+        if isinstance(result, FinalData):
+            self._finals.append(result)
+        self._log.publish(result)
+
+    def _check_open(self) -> None:
+        if self._closing is not None or (self._pump is not None and self._pump.done()):
+            raise SessionClosed(f"session {self.id} is {self._state} and takes no more input")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def report_error(self, error: GatewayError) -> None:
+        """Publish ``error`` as an ``error`` event (bad input from a client); no-op once closed."""
+        if self._state != "closed":
+            self._log.publish(ErrorData(code=error.code, message=error.message))
+
+    def subscribe(self, since: int | None = None) -> Subscription:
+        """Events after ``since`` (see :meth:`EventLog.subscribe`), then live ones."""
+        return self._log.subscribe(since)
+
+    def transcript(self) -> Transcript:
+        """Every final so far, in order."""
+        return Transcript(
+            session_id=self.id,
+            text=" ".join(f.text for f in self._finals),
+            segments=[
+                Segment(text=f.text, start=f.start, end=f.end, confidence=f.confidence)
+                for f in self._finals
+            ],
+        )
+
+    def info(self) -> SessionInfo:
+        """A snapshot for ``GET /sessions/{id}``."""
+        return SessionInfo(
+            session_id=self.id,
+            state=self._state,
+            created_at=self.created_at,
+            audio_seconds=round(self.audio_seconds, 3),
+            subscribers=self._log.subscriber_count,
+            last_seq=self._log.last_seq,
+            config=self.config,
+        )

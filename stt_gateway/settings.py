@@ -1,0 +1,51 @@
+"""Gateway settings, read from the environment and an optional ``.env`` file.
+
+Every setting is an environment variable ``STT_GATEWAY_<NAME>`` (e.g. ``STT_GATEWAY_PORT=9000``);
+``.env`` in the working directory is read too (environment wins). Parsing and validation are
+pydantic-settings'.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. All durations are seconds unless the name says ``_ms``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STT_GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    host: str = Field("127.0.0.1", description="interface the server binds to")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
+    log_level: str = Field("INFO", description="logging level name")
+
+    max_sessions: int = Field(200, ge=1, description="live (not yet closed) sessions at once")
+    max_chunk_bytes: int = Field(
+        512 * 1024, ge=2, description="largest audio chunk (one POST or WS frame), bytes"
+    )
+    engine_threads: int = Field(
+        4, ge=1, description="worker threads running CPU-bound engine work off the event loop"
+    )
+
+    replay_events: int = Field(
+        10_000, ge=1, description="events kept per session for resume (Last-Event-ID / since)"
+    )
+    subscriber_queue: int = Field(
+        1_000, ge=1, description="events buffered per subscriber before it counts as too slow"
+    )
+    heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat event interval")
+    ws_ping_s: float = Field(
+        20.0,
+        gt=0,
+        description="WebSocket ping interval; a peer that misses a pong for this long is dropped",
+    )
+    sse_retry_ms: int = Field(1000, ge=0, description="SSE `retry:` sent to browsers")
+    retention_s: float = Field(
+        300.0, ge=0, description="how long a closed session stays readable before removal"
+    )
+    close_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for an engine to flush its last finals on close"
+    )

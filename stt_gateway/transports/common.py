@@ -1,0 +1,73 @@
+"""What every handler shares: app keys, JSON answers, the error middleware, query parsing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BadRequestBody, ChunkTooLarge, GatewayError
+from ..registry import SessionRegistry
+from ..session import Session
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", SessionRegistry)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    """A JSON response of a pydantic model (serialised by pydantic, not ``json.dumps``)."""
+    return web.Response(
+        status=status, text=model.model_dump_json(), content_type="application/json"
+    )
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The ``{"error": {"code", "message"}}`` body every 4xx/5xx answer has."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming each invalid field: ``config.sample_rate: Input should be ≥ 8000``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: ChunkTooLarge.code}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every :class:`GatewayError` and aiohttp HTTP error into the JSON error body."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason if exc.text is None else exc.text)
+
+
+def session_of(request: web.Request) -> Session:
+    """The session named by the ``{id}`` path segment. Raises SessionNotFound."""
+    return request.app[REGISTRY].get(request.match_info["id"])
+
+
+def int_param(value: str | None, name: str) -> int | None:
+    """Parse an optional non-negative integer parameter (e.g. a seq). Raises BadRequestBody."""
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise BadRequestBody(f"{name} must be a non-negative integer, not {value!r}")
+    return int(value)

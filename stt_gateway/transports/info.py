@@ -1,0 +1,64 @@
+"""``GET /health``, ``GET /info``, ``GET /usage`` and ``/`` (to the usage guide)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from .. import __version__
+from .common import REGISTRY, SETTINGS
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    """Liveness: 200 while the process serves requests."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/info")
+async def info(request: web.Request) -> web.Response:
+    """Version, engines (available or why not, languages) and limits."""
+    registry = request.app[REGISTRY]
+    s = request.app[SETTINGS]
+    engines = {
+        name: {
+            "available": (reason := p.unavailable_reason()) is None,
+            "reason": reason,
+            "languages": p.languages,
+        }
+        for name, p in registry.providers.items()
+    }
+    return web.json_response(
+        {
+            "name": "stt-gateway",
+            "version": __version__,
+            "engines": engines,
+            "default_engine": "local",
+            "limits": {
+                "max_sessions": s.max_sessions,
+                "max_chunk_bytes": s.max_chunk_bytes,
+                "replay_events": s.replay_events,
+                "subscriber_queue": s.subscriber_queue,
+                "encodings": ["linear16"],
+                "sample_rate_hz": {"min": 8000, "max": 96000},
+            },
+            "sessions": {"live": registry.live_count},
+        }
+    )
+
+
+@routes.get("/usage")
+async def usage(request: web.Request) -> web.Response:
+    """A short usage guide (Markdown) with copyable examples, for this host."""
+    guide = resources.files("stt_gateway").joinpath("usage.md").read_text(encoding="utf-8")
+    base = f"{request.scheme}://{request.host}"
+    return web.Response(text=guide.replace("{BASE}", base), content_type="text/markdown")
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.Response:
+    """The root points a person at the usage guide."""
+    raise web.HTTPFound("/usage")

@@ -1,0 +1,98 @@
+"""REST routes: create, inspect and close sessions; read transcripts; POST audio chunks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from ..audio import decode_base64, duration_ms
+from ..errors import BadRequestBody, ChunkTooLarge, InvalidConfig, UnsupportedMediaType
+from ..models import AudioAccepted, AudioBody, CreateSessionBody, SessionClosedBody, SessionCreated
+from .common import REGISTRY, SETTINGS, model_response, session_of, validation_message
+
+routes = web.RouteTableDef()
+
+# base64 holds 3 bytes in 4 characters; allow for the JSON around it.
+_JSON_OVERHEAD_BYTES = 1024
+
+
+@routes.post("/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    """``POST /sessions`` → 201 :class:`SessionCreated`; 422 invalid config."""
+    raw = await request.read()
+    try:
+        body = CreateSessionBody.model_validate_json(raw) if raw.strip() else CreateSessionBody()
+    except ValidationError as exc:
+        raise InvalidConfig(validation_message(exc)) from None
+    session = await request.app[REGISTRY].create(body.config)
+    base = request.url.with_query(None).with_fragment(None)
+    path = f"/sessions/{session.id}"
+    ws_scheme = "wss" if base.scheme == "https" else "ws"
+    created = SessionCreated(
+        session_id=session.id,
+        stream_url=str(base.with_path(f"{path}/stream")),
+        ws_url=str(base.with_scheme(ws_scheme).with_path(f"{path}/ws")),
+        audio_url=str(base.with_path(f"{path}/audio")),
+        config=session.config,
+    )
+    return model_response(created, status=201)
+
+
+@routes.get("/sessions/{id}")
+async def get_session(request: web.Request) -> web.Response:
+    """``GET /sessions/{id}`` → :class:`~stt_gateway.models.SessionInfo`; 404."""
+    return model_response(session_of(request).info())
+
+
+@routes.delete("/sessions/{id}")
+async def delete_session(request: web.Request) -> web.Response:
+    """``DELETE /sessions/{id}``: flush, last finals, ``session_end``; idempotent; 404."""
+    session = session_of(request)
+    transcript = await session.close()
+    return model_response(SessionClosedBody(session_id=session.id, transcript=transcript.text))
+
+
+@routes.get("/sessions/{id}/transcript")
+async def get_transcript(request: web.Request) -> web.Response:
+    """``GET /sessions/{id}/transcript`` → every final so far; 404."""
+    return model_response(session_of(request).transcript())
+
+
+@routes.post("/sessions/{id}/audio")
+async def post_audio(request: web.Request) -> web.Response:
+    """``POST /sessions/{id}/audio``: one PCM16 chunk, JSON base64 or raw octet-stream → 202.
+
+    Errors: 400 bad base64 / odd byte count / empty chunk / bad body, 404 unknown session,
+    409 closed session, 413 oversized chunk, 415 other content types.
+    """
+    session = session_of(request)
+    limit = request.app[SETTINGS].max_chunk_bytes
+    ctype = request.content_type
+    if ctype == "application/json":
+        limit_body = limit * 4 // 3 + _JSON_OVERHEAD_BYTES
+    elif ctype == "application/octet-stream":
+        limit_body = limit
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype!r} is not taken here: send application/json "
+            f'{{"audio_data": "<base64>"}} or application/octet-stream raw PCM16'
+        )
+    if request.content_length is not None and request.content_length > limit_body:
+        raise ChunkTooLarge(
+            f"the request body has {request.content_length} bytes; the audio chunk limit is "
+            f"{limit} bytes"
+        )
+    raw = await request.read()
+    if ctype == "application/json":
+        try:
+            body = AudioBody.model_validate_json(raw)
+        except ValidationError as exc:
+            raise BadRequestBody(validation_message(exc)) from None
+        pcm = decode_base64(body.audio_data)
+    else:
+        pcm = raw
+    await session.feed(pcm)
+    return model_response(
+        AudioAccepted(bytes=len(pcm), audio_ms=duration_ms(len(pcm), session.config.sample_rate)),
+        status=202,
+    )

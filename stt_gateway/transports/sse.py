@@ -1,0 +1,56 @@
+"""``GET /sessions/{id}/stream``: a session's events as Server-Sent Events (aiohttp-sse).
+
+Each event is ``id: <seq>`` + ``data: <json>`` with no ``event:`` line, so a browser's
+``EventSource.onmessage`` sees every event. Resume: the ``Last-Event-ID`` header (what
+``EventSource`` sends by itself on reconnect) or ``?last_event_id=``. While idle, a ``heartbeat``
+event (no ``id``) goes out every ``heartbeat_s``. The stream ends after ``session_end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from ..eventlog import Record
+from ..events import HeartbeatData, make_event
+from .common import SETTINGS, int_param, session_of
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/sessions/{id}/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Stream the session's events; 404 unknown session, 400 malformed resume id."""
+    session = session_of(request)
+    settings = request.app[SETTINGS]
+    since = int_param(
+        request.headers.get("Last-Event-ID") or request.query.get("last_event_id"),
+        "Last-Event-ID",
+    )
+    resp = EventSourceResponse()
+    await resp.prepare(request)
+    sub = session.subscribe(since)
+    try:
+        # A block with only `retry:` sets the browser's reconnect delay (WHATWG HTML §9.2).
+        await resp.write(f"retry: {settings.sse_retry_ms}\r\n\r\n".encode())
+        while True:
+            try:
+                async with asyncio.timeout(settings.heartbeat_s):
+                    record: Record | None = await sub.next()
+            except TimeoutError:
+                record = None
+            except StopAsyncIteration:
+                break
+            if record is None:
+                beat = make_event(HeartbeatData(), seq=None, session_id=session.id)
+                await resp.send(beat.model_dump_json(exclude_none=True))
+            else:
+                await resp.send(record.json, id=None if record.seq is None else str(record.seq))
+    except ConnectionResetError:
+        pass  # the subscriber left; it may come back with Last-Event-ID
+    finally:
+        sub.close()
+        resp.stop_streaming()
+    return resp

@@ -1,0 +1,73 @@
+"""Fixtures: a real gateway on loopback, an HTTP client, and direct in-process engine results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from stt_gateway.app import create_app
+from stt_gateway.engines.local import LocalEngineProvider
+from stt_gateway.events import FinalData
+from stt_gateway.models import SessionConfig
+from stt_gateway.settings import Settings
+from tests.audio_files import Clip
+
+ServerFactory = Callable[..., Coroutine[Any, Any, TestServer]]
+StartGateway = Callable[..., Coroutine[Any, Any, "Gateway"]]
+
+
+@dataclass
+class Gateway:
+    base: str
+    app: web.Application
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests: no ``.env`` from the developer's directory."""
+    return Settings(_env_file=None, **overrides)
+
+
+@pytest.fixture
+async def start_gateway(
+    aiohttp_server: ServerFactory,
+) -> Callable[..., Coroutine[Any, Any, Gateway]]:
+    """Start a gateway (real aiohttp server on 127.0.0.1, free port) with given settings."""
+
+    async def start(**overrides: Any) -> Gateway:
+        app = create_app(make_settings(**overrides))
+        server = await aiohttp_server(app)
+        return Gateway(base=str(server.make_url("")).rstrip("/"), app=app)
+
+    return start
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway) -> Gateway:
+    """A gateway with default settings on the embedded local engine."""
+    return await start_gateway()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        yield session
+
+
+@cache
+def direct_finals(clip: Clip, config: SessionConfig | None = None) -> list[FinalData]:
+    """The local engine's finals for ``clip`` fed whole, in-process: no gateway in between."""
+    with ThreadPoolExecutor(1) as executor:
+        provider = LocalEngineProvider(executor, pool_idle=0)
+        config = (config or SessionConfig()).model_copy(update={"sample_rate": clip.sample_rate})
+        resolved = provider.resolve(config)
+        recognizer = provider.recognizer_factory(resolved)()
+        results = recognizer.process(clip.pcm) + recognizer.close()
+    return [r for r in results if isinstance(r, FinalData)]

@@ -1,0 +1,113 @@
+"""A small client for the gateway's wire protocol, as a test's outside user sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+FRAME_MS = 20
+
+
+@dataclass
+class Received:
+    """Events one subscriber received, with the monotonic time each arrived."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self.arrived.append(time.monotonic())
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event_type"] == event_type]
+
+    @property
+    def seqs(self) -> list[int]:
+        return [e["seq"] for e in self.events if "seq" in e]
+
+    @property
+    def logged(self) -> list[dict[str, Any]]:
+        """Every event that carries a seq (heartbeats have none)."""
+        return [e for e in self.events if "seq" in e]
+
+    def finals_text(self) -> str:
+        return " ".join(e["data"]["text"] for e in self.of_type("final"))
+
+
+async def sse_messages(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    """Parse a text/event-stream into (id, JSON data) pairs, per the WHATWG SSE format."""
+    async with http.get(url, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        event_id: str | None = None
+        data: list[str] = []
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if data:
+                    yield event_id, json.loads("\n".join(data))
+                event_id, data = None, []
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+            else:
+                assert line.startswith(("retry:", ":")), f"unexpected SSE line {line!r}"
+
+
+async def follow_sse(
+    http: aiohttp.ClientSession, url: str, into: Received, connected: asyncio.Event | None = None
+) -> None:
+    """Collect SSE events until ``session_end``; ``id:`` must equal each event's seq."""
+    if connected is not None:
+        connected.set()
+    async for event_id, event in sse_messages(http, url):
+        if "seq" in event:
+            assert event_id == str(event["seq"])
+        else:
+            assert event_id is None
+        into.add(event)
+        if event["event_type"] == "session_end":
+            return
+
+
+async def follow_ws(ws: aiohttp.ClientWebSocketResponse, into: Received) -> None:
+    """Collect a WebSocket's JSON events until the server closes it."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            into.add(json.loads(msg.data))
+
+
+def frames(pcm: bytes, sample_rate: int, frame_ms: int = FRAME_MS) -> list[bytes]:
+    """Cut PCM16 into frames of ``frame_ms`` (the last may be shorter)."""
+    step = sample_rate * frame_ms // 1000 * 2
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+async def paced(chunks: list[bytes], chunk_s: float, speed: float) -> AsyncIterator[bytes]:
+    """Yield chunks on an absolute schedule, ``speed`` times real time (0: no pacing)."""
+    start = time.monotonic()
+    for i, chunk in enumerate(chunks):
+        if speed:
+            delay = start + i * chunk_s / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield chunk
+
+
+async def create_session(
+    http: aiohttp.ClientSession, base: str, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    async with http.post(f"{base}/sessions", json={"config": config or {}}) as resp:
+        body: dict[str, Any] = await resp.json()
+        assert resp.status == 201, body
+        return body

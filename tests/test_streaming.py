@@ -1,0 +1,120 @@
+"""Real speech through a real gateway: WS frames and POST chunks in, SSE and WS events out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.audio_files import Clip, clips, wer
+from tests.conftest import Gateway, direct_finals
+from tests.gateway_client import (
+    FRAME_MS,
+    Received,
+    create_session,
+    follow_sse,
+    follow_ws,
+    frames,
+    paced,
+)
+
+SPEED = 2.0
+"""Audio is sent at twice real time: fast enough for CI, slow enough that results arrive
+while it streams."""
+POST_CHUNK_MS = 100
+
+
+async def wait_for_subscribers(http: aiohttp.ClientSession, base: str, sid: str, n: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            async with http.get(f"{base}/sessions/{sid}") as resp:
+                if (await resp.json())["subscribers"] >= n:
+                    return
+            await asyncio.sleep(0.01)
+
+
+async def send_ws(http: aiohttp.ClientSession, url: str, clip: Clip, into: Received) -> float:
+    """Stream ``clip`` as 20 ms binary frames over a producer socket; returns the time the
+    last frame was sent. The producer's socket receives events too: they go to ``into``."""
+    producer = await http.ws_connect(url)
+    reader = asyncio.create_task(follow_ws(producer, into))
+    async for frame in paced(frames(clip.pcm, clip.sample_rate), FRAME_MS / 1000, SPEED):
+        await producer.send_bytes(frame)
+    sent = time.monotonic()
+    await producer.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 60)
+    return sent
+
+
+async def send_posts(http: aiohttp.ClientSession, url: str, clip: Clip) -> float:
+    """Stream ``clip`` as base64 JSON POSTs of 100 ms; returns the time the last was sent."""
+    chunks = frames(clip.pcm, clip.sample_rate, POST_CHUNK_MS)
+    async for chunk in paced(chunks, POST_CHUNK_MS / 1000, SPEED):
+        body = {"audio_data": base64.b64encode(chunk).decode()}
+        async with http.post(url, json=body) as resp:
+            assert resp.status == 202, await resp.text()
+            accepted = await resp.json()
+            assert accepted == {"bytes": len(chunk), "audio_ms": len(chunk) / 2 / 16}
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("transport", ["ws", "post"])
+@pytest.mark.parametrize("clip", clips(), ids=lambda c: c.name)
+async def test_stream_gives_interims_finals_and_the_same_seqs_to_every_subscriber(
+    gateway: Gateway, http: aiohttp.ClientSession, clip: Clip, transport: str
+) -> None:
+    session = await create_session(http, gateway.base)
+    sid = session["session_id"]
+    sse, ws_sub, producer_view = Received(), Received(), Received()
+    subscriber = await http.ws_connect(session["ws_url"])
+    tasks = [
+        asyncio.create_task(follow_sse(http, session["stream_url"], sse)),
+        asyncio.create_task(follow_ws(subscriber, ws_sub)),
+    ]
+    await wait_for_subscribers(http, gateway.base, sid, 2)
+
+    if transport == "ws":
+        last_sent = await send_ws(http, session["ws_url"], clip, producer_view)
+    else:
+        last_sent = await send_posts(http, session["audio_url"], clip)
+        async with http.delete(f"{gateway.base}/sessions/{sid}") as resp:
+            assert resp.status == 200
+            closed = await resp.json()
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    async with http.get(f"{gateway.base}/sessions/{sid}/transcript") as resp:
+        transcript: dict[str, Any] = await resp.json()
+
+    for received in (sse, ws_sub):
+        types = [e["event_type"] for e in received.logged]
+        tokens = received.of_type("token")
+        assert tokens, "no interim results"
+        first_token_at = received.arrived[received.events.index(tokens[0])]
+        assert first_token_at < last_sent, "interims arrived only after the audio ended"
+        assert received.of_type("final")
+        assert types.index("speech_start") < types.index("token")
+        assert "speech_end" in types
+        assert types[-1] == "session_end"
+        assert received.seqs == list(range(1, len(received.seqs) + 1))
+        assert received.logged[-1]["data"]["audio_seconds"] == pytest.approx(clip.seconds, abs=1e-3)
+    assert sse.logged == ws_sub.logged, "SSE and WS subscribers saw different events"
+    if transport == "ws":
+        assert producer_view.logged == sse.logged
+    else:
+        assert closed == {"session_id": sid, "transcript": transcript["text"]}
+    assert transcript["text"] == sse.finals_text()
+    assert [s["text"] for s in transcript["segments"]] == [
+        e["data"]["text"] for e in sse.of_type("final")
+    ]
+
+    direct = " ".join(f.text for f in direct_finals(clip))
+    gateway_wer, direct_wer = wer(clip.reference, transcript["text"]), wer(clip.reference, direct)
+    print(
+        f"\n{clip.name} via {transport}: WER gateway {gateway_wer:.3f} direct {direct_wer:.3f}"
+        f" | {transcript['text']!r}"
+    )
+    assert abs(gateway_wer - direct_wer) <= 0.01
