@@ -1,0 +1,63 @@
+"""A scripted engine for tests that need exact control of engine timing."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Executor
+
+from stt_gateway.engines.base import Engine, EngineProvider
+from stt_gateway.engines.threaded import ThreadedEngine
+from stt_gateway.events import EngineResult, FinalData, TokenData
+from stt_gateway.models import SessionConfig
+
+
+class EchoRecognizer:
+    """Answers each ``process`` call with one token naming the bytes it got, after sleeping
+    ``delay_s`` (a stand-in for CPU-bound decoding); ``finalize`` gives one final."""
+
+    def __init__(self, delay_s: float) -> None:
+        self._delay_s = delay_s
+        self._bytes = 0
+
+    def process(self, pcm: bytes) -> list[EngineResult]:
+        time.sleep(self._delay_s)
+        self._bytes += len(pcm)
+        return [TokenData(text=f"{self._bytes} bytes", confidence=1.0, start=0.0, end=0.0)]
+
+    def finalize(self) -> list[EngineResult]:
+        return [
+            FinalData(
+                text=f"{self._bytes} bytes",
+                confidence=1.0,
+                start=0.0,
+                end=0.0,
+                words=[],
+                speech_final=False,
+            )
+        ]
+
+    def close(self) -> list[EngineResult]:
+        return self.finalize()
+
+
+class EchoProvider(EngineProvider):
+    """Registered as ``local``; ``model: "slow"`` sleeps 0.3 s per job, anything else 0."""
+
+    name = "local"
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    @property
+    def languages(self) -> list[str]:
+        return ["en-US"]
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def resolve(self, config: SessionConfig) -> SessionConfig:
+        return config
+
+    def create(self, config: SessionConfig) -> Engine:
+        delay = 0.3 if config.model == "slow" else 0.0
+        return ThreadedEngine(lambda: EchoRecognizer(delay), self._executor)

@@ -1,0 +1,103 @@
+"""A new user's path: the README's commands, run as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stt_gateway import __version__
+from tests.audio_files import AUDIO_DIR, clip
+from tests.conftest import direct_finals
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BIN = Path(sys.executable).parent
+
+
+def block(marker: str) -> str:
+    """The code block between ``<!-- marker -->`` and ``<!-- /marker -->`` in the README."""
+    found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```\n<!-- /{marker} -->", README, re.S)
+    assert found, f"README has no {marker} block"
+    return found.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served_port() -> Iterator[int]:
+    """The README's run command's last step, the ``stt-gateway`` console script, on a free port."""
+    run = block("run-command")
+    assert run.strip().endswith(".venv/bin/stt-gateway"), run
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "stt-gateway"), "--port", str(port)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert json.load(r) == {"status": "ok"}
+                    break
+            except OSError:
+                assert proc.poll() is None, "the gateway exited"
+                assert time.monotonic() < deadline, "the gateway did not come up in 30 s"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_readme_curl_example_transcribes_goforward(served_port: int) -> None:
+    script = block("curl-example").replace("127.0.0.1:8000", f"127.0.0.1:{served_port}")
+    assert "../shared/audio/goforward.wav" in script
+    script = script.replace("../shared/audio", str(AUDIO_DIR))
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    expected = " ".join(f.text for f in direct_finals(clip("goforward")))
+    assert expected.startswith("go forward")
+    assert f'"transcript":"{expected}"' in done.stdout
+    events = [json.loads(line[5:]) for line in done.stdout.splitlines() if line.startswith("data:")]
+    kinds = [e["event_type"] for e in events]
+    assert kinds[0] == "speech_start"
+    assert kinds[-1] == "session_end"
+    assert {"token", "final", "speech_end"} <= set(kinds)
+
+
+def test_python_m_stt_gateway_is_the_same_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "stt_gateway", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.strip() == f"stt-gateway {__version__}"
+    helped = subprocess.run(
+        [sys.executable, "-m", "stt_gateway", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "--host" in helped.stdout
+    assert "--port" in helped.stdout
