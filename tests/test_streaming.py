@@ -38,15 +38,17 @@ async def wait_for_subscribers(http: aiohttp.ClientSession, base: str, sid: str,
 
 
 async def send_ws(http: aiohttp.ClientSession, url: str, clip: Clip, into: Received) -> float:
-    """Stream ``clip`` as 20 ms binary frames over a producer socket; returns the time the
-    last frame was sent. The producer's socket receives events too: they go to ``into``."""
+    """Stream ``clip`` as 20 ms binary frames over a producer socket, then ``DELETE`` the
+    session; returns the time the last frame was sent. The producer's socket receives events
+    too: they go to ``into``."""
     producer = await http.ws_connect(url)
     reader = asyncio.create_task(follow_ws(producer, into))
     async for frame in paced(frames(clip.pcm, clip.sample_rate), FRAME_MS / 1000, SPEED):
         await producer.send_bytes(frame)
     sent = time.monotonic()
-    await producer.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 60)
+    async with http.delete(url.replace("ws://", "http://").removesuffix("/ws")) as resp:
+        assert resp.status == 200
+    await asyncio.wait_for(reader, 60)  # the gateway closes the socket after session_end
     return sent
 
 
@@ -81,9 +83,9 @@ async def test_stream_gives_interims_finals_and_the_same_seqs_to_every_subscribe
         last_sent = await send_ws(http, session["ws_url"], clip, producer_view)
     else:
         last_sent = await send_posts(http, session["audio_url"], clip)
-        async with http.delete(f"{gateway.base}/sessions/{sid}") as resp:
-            assert resp.status == 200
-            closed = await resp.json()
+    async with http.delete(f"{gateway.base}/sessions/{sid}") as resp:
+        assert resp.status == 200  # the second DELETE for WS: idempotent
+        closed = await resp.json()
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
     async with http.get(f"{gateway.base}/sessions/{sid}/transcript") as resp:
@@ -104,8 +106,7 @@ async def test_stream_gives_interims_finals_and_the_same_seqs_to_every_subscribe
     assert sse.logged == ws_sub.logged, "SSE and WS subscribers saw different events"
     if transport == "ws":
         assert producer_view.logged == sse.logged
-    else:
-        assert closed == {"session_id": sid, "transcript": transcript["text"]}
+    assert closed == {"session_id": sid, "transcript": transcript["text"]}
     assert transcript["text"] == sse.finals_text()
     assert [s["text"] for s in transcript["segments"]] == [
         e["data"]["text"] for e in sse.of_type("final")
