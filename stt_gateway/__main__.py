@@ -2,4 +2,6 @@
 
 from .cli import main
 
-main()
+# Guarded: engine worker processes are spawned, and spawning re-imports the main module.
+if __name__ == "__main__":
+    main()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from .engines.base import EngineProvider
 from .engines.local import LocalEngineProvider
+from .engines.workers import WorkerPool
 from .registry import SessionRegistry
 from .settings import Settings
 from .transports import info, rest, sse, ws
-from .transports.common import REGISTRY, SETTINGS, error_middleware
+from .transports.common import REGISTRY, SETTINGS, WORKERS, error_middleware
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +22,17 @@ _JSON_BODY_SLACK = 64 * 1024
 
 def create_app(
     settings: Settings | None = None,
-    providers: dict[str, EngineProvider] | None = None,
+    providers: Callable[[WorkerPool], dict[str, EngineProvider]] | None = None,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
     Args:
         settings: configuration; default: read from the environment and ``.env``.
-        providers: engines by config name; default: the embedded ``local`` engine. Tests and
-            benchmarks pass their own (e.g. an instant engine).
+        providers: builds the engines by config name from the engine worker pool; default:
+            the embedded ``local`` engine. Tests and benchmarks pass their own.
 
-    The engine thread pool is created here and shut down on cleanup; live sessions are closed
-    (``session_end`` reason ``shutdown``) when the server shuts down.
+    The engine worker processes start when the app starts and stop on cleanup; live sessions
+    are closed (``session_end`` reason ``shutdown``) when the server shuts down.
     """
     settings = settings or Settings()
     # Body limit above the audio chunk limit, so an oversized chunk gets our 413 with a
@@ -41,17 +41,18 @@ def create_app(
         middlewares=[error_middleware],
         client_max_size=settings.max_chunk_bytes * 4 // 3 + _JSON_BODY_SLACK,
     )
-    executor = ThreadPoolExecutor(settings.engine_threads, thread_name_prefix="engine")
-    if providers is None:
-        providers = {"local": LocalEngineProvider(executor, pool_idle=settings.engine_threads)}
+    workers = WorkerPool(settings.engine_processes)
+    make = providers or (lambda w: {"local": LocalEngineProvider(w)})
     app[SETTINGS] = settings
-    app[REGISTRY] = SessionRegistry(settings, providers)
+    app[WORKERS] = workers
+    app[REGISTRY] = SessionRegistry(settings, make(workers))
     for module in (rest, sse, ws, info):
         app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        workers.start()
         yield
-        executor.shutdown(wait=False, cancel_futures=True)
+        await workers.close()
 
     async def close_sessions(app: web.Application) -> None:
         await app[REGISTRY].close_all("shutdown")

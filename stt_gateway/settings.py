@@ -7,6 +7,8 @@ pydantic-settings'.
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,8 +28,10 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(
         512 * 1024, ge=2, description="largest audio chunk (one POST or WS frame), bytes"
     )
-    engine_threads: int = Field(
-        4, ge=1, description="worker threads running CPU-bound engine work off the event loop"
+    engine_processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 2,
+        ge=1,
+        description="worker processes running CPU-bound engine work (default: one per core)",
     )
 
     replay_events: int = Field(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -64,10 +63,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @cache
 def direct_finals(clip: Clip, config: SessionConfig | None = None) -> list[FinalData]:
     """The local engine's finals for ``clip`` fed whole, in-process: no gateway in between."""
-    with ThreadPoolExecutor(1) as executor:
-        provider = LocalEngineProvider(executor, pool_idle=0)
-        config = (config or SessionConfig()).model_copy(update={"sample_rate": clip.sample_rate})
-        resolved = provider.resolve(config)
-        recognizer = provider.recognizer_factory(resolved)()
-        results = recognizer.process(clip.pcm) + recognizer.close()
+    config = (config or SessionConfig()).model_copy(update={"sample_rate": clip.sample_rate})
+    recognizer = LocalEngineProvider.spec(config).build()
+    results = recognizer.process(clip.pcm) + recognizer.close()
     return [r for r in results if isinstance(r, FinalData)]

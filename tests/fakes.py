@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor
+from dataclasses import dataclass
 
 from stt_gateway.engines.base import Engine, EngineProvider
-from stt_gateway.engines.threaded import ThreadedEngine
+from stt_gateway.engines.pooled import PooledEngine
+from stt_gateway.engines.workers import WorkerPool
 from stt_gateway.events import EngineResult, FinalData, TokenData
 from stt_gateway.models import SessionConfig
 
@@ -40,13 +41,21 @@ class EchoRecognizer:
         return self.finalize()
 
 
+@dataclass(frozen=True)
+class EchoSpec:
+    delay_s: float
+
+    def build(self) -> EchoRecognizer:
+        return EchoRecognizer(self.delay_s)
+
+
 class EchoProvider(EngineProvider):
     """Registered as ``local``; ``model: "slow"`` sleeps 0.3 s per job, anything else 0."""
 
     name = "local"
 
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
+    def __init__(self, workers: WorkerPool) -> None:
+        self._workers = workers
 
     @property
     def languages(self) -> list[str]:
@@ -60,4 +69,4 @@ class EchoProvider(EngineProvider):
 
     def create(self, config: SessionConfig) -> Engine:
         delay = 0.3 if config.model == "slow" else 0.0
-        return ThreadedEngine(lambda: EchoRecognizer(delay), self._executor)
+        return PooledEngine(EchoSpec(delay), self._workers)

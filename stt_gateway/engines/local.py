@@ -17,8 +17,7 @@ import math
 import re
 import threading
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 from pocketsphinx import Decoder
@@ -35,8 +34,9 @@ from ..events import (
 )
 from ..models import SessionConfig
 from .base import Engine, EngineProvider
-from .threaded import ThreadedEngine
+from .pooled import PooledEngine
 from .vad import VAD_RATE, WINDOW_SAMPLES, SileroVad
+from .workers import WorkerPool
 
 LANGUAGE = "en-US"
 MODEL = "pocketsphinx-en-us"
@@ -264,19 +264,38 @@ class LocalRecognizer:
         out.append(SpeechEndData(last_word_end=words[-1].end if words else round(end_of_speech, 3)))
 
 
+_PROCESS_DECODERS = DecoderPool(max_idle=8)
+"""The decoders of this (worker) process."""
+
+
+@dataclass(frozen=True)
+class LocalRecognizerSpec:
+    """What a worker process needs to build a :class:`LocalRecognizer` (picklable)."""
+
+    input_rate: int
+    endpointing_ms: int
+    interim_results: bool
+
+    def build(self) -> LocalRecognizer:
+        return LocalRecognizer(
+            input_rate=self.input_rate,
+            endpointing_ms=self.endpointing_ms,
+            interim_results=self.interim_results,
+            pool=_PROCESS_DECODERS,
+        )
+
+
 class LocalEngineProvider(EngineProvider):
-    """``engine: "local"``: pocketsphinx en-US + Silero VAD, run in the shared engine pool.
+    """``engine: "local"``: pocketsphinx en-US + Silero VAD, run in the engine worker processes.
 
     Args:
-        executor: the thread pool engine work runs in.
-        pool_idle: most idle decoders kept for reuse.
+        workers: the engine worker processes.
     """
 
     name = "local"
 
-    def __init__(self, executor: Executor, pool_idle: int = 4) -> None:
-        self._executor = executor
-        self._decoders = DecoderPool(pool_idle)
+    def __init__(self, workers: WorkerPool) -> None:
+        self._workers = workers
 
     @property
     def languages(self) -> list[str]:
@@ -303,18 +322,13 @@ class LocalEngineProvider(EngineProvider):
         )
 
     def create(self, config: SessionConfig) -> Engine:
-        return ThreadedEngine(self.recognizer_factory(config), self._executor)
+        return PooledEngine(self.spec(config), self._workers)
 
-    def recognizer_factory(self, config: SessionConfig) -> Callable[[], LocalRecognizer]:
-        """A callable building the synchronous recogniser for ``config`` (resolved)."""
-        endpointing_ms = config.endpointing_ms or DEFAULT_ENDPOINTING_MS
-
-        def make() -> LocalRecognizer:
-            return LocalRecognizer(
-                input_rate=config.sample_rate,
-                endpointing_ms=endpointing_ms,
-                interim_results=config.interim_results,
-                pool=self._decoders,
-            )
-
-        return make
+    @staticmethod
+    def spec(config: SessionConfig) -> LocalRecognizerSpec:
+        """The recogniser for a session with ``config`` (resolved or not)."""
+        return LocalRecognizerSpec(
+            input_rate=config.sample_rate,
+            endpointing_ms=config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
+            interim_results=config.interim_results,
+        )

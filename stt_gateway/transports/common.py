@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..engines.workers import WorkerPool
 from ..errors import BadRequestBody, ChunkTooLarge, GatewayError
 from ..registry import SessionRegistry
 from ..session import Session
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", SessionRegistry)
+WORKERS = web.AppKey("workers", WorkerPool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -1,0 +1,117 @@
+"""An :class:`Engine` over a synchronous recogniser that runs in an engine worker process.
+
+The recogniser is a plain object (:class:`Recognizer`): bytes in, results out, no asyncio. It
+is described by a picklable :class:`RecognizerSpec` and built inside a worker (see
+:mod:`stt_gateway.engines.workers`). :class:`PooledEngine` pumps it: audio and commands go
+through one bounded inbox, and audio already queued is sent to the worker as one batch, so a
+stream that fell behind catches up in few round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
+
+from ..events import EngineResult
+from .base import Engine
+
+if TYPE_CHECKING:
+    from .workers import WorkerPool, WorkerStream
+
+
+class Recognizer(Protocol):
+    """A synchronous recognition stream. Never called from two threads at once."""
+
+    def process(self, pcm: bytes) -> list[EngineResult]:
+        """Take PCM16 audio (any whole number of samples); return the results it produced."""
+        ...
+
+    def finalize(self) -> list[EngineResult]:
+        """End the utterance in progress now; return its final results."""
+        ...
+
+    def close(self) -> list[EngineResult]:
+        """End the stream: flush buffered audio and finalize; return the last results.
+        The recogniser is not used afterwards."""
+        ...
+
+
+class RecognizerSpec(Protocol):
+    """A picklable description of a recogniser; :meth:`build` runs in the worker process."""
+
+    def build(self) -> Recognizer: ...
+
+
+class _Command(enum.Enum):
+    FINALIZE = enum.auto()
+    CLOSE = enum.auto()
+
+
+class PooledEngine(Engine):
+    """An :class:`Engine` whose recogniser, built from ``spec``, runs in ``pool``.
+
+    Args:
+        spec: what to build in the worker.
+        pool: the engine worker processes.
+        inbox_chunks: most audio chunks queued before :meth:`feed` waits (backpressure).
+        batch_bytes: most queued audio sent to the worker in one job.
+    """
+
+    def __init__(
+        self,
+        spec: RecognizerSpec,
+        pool: WorkerPool,
+        *,
+        inbox_chunks: int = 256,
+        batch_bytes: int = 64_000,
+    ) -> None:
+        self._spec = spec
+        self._pool = pool
+        self._batch_bytes = batch_bytes
+        self._inbox: asyncio.Queue[bytes | _Command] = asyncio.Queue(maxsize=inbox_chunks)
+        self._stream: WorkerStream | None = None
+
+    async def start(self) -> None:
+        self._stream = await self._pool.open(self._spec)
+
+    async def feed(self, pcm: bytes) -> None:
+        await self._inbox.put(pcm)
+
+    async def finalize(self) -> None:
+        await self._inbox.put(_Command.FINALIZE)
+
+    async def close(self) -> None:
+        await self._inbox.put(_Command.CLOSE)
+
+    async def results(self) -> AsyncIterator[EngineResult]:
+        stream = self._stream
+        if stream is None:
+            raise RuntimeError("results() before start()")
+        pending: bytes | _Command | None = None
+        try:
+            while True:
+                item = pending if pending is not None else await self._inbox.get()
+                pending = None
+                if isinstance(item, bytes):
+                    batch = [item]
+                    size = len(item)
+                    while size < self._batch_bytes and not self._inbox.empty():
+                        nxt = self._inbox.get_nowait()
+                        if not isinstance(nxt, bytes):
+                            pending = nxt
+                            break
+                        batch.append(nxt)
+                        size += len(nxt)
+                    results = await stream.process(batch[0] if len(batch) == 1 else b"".join(batch))
+                elif item is _Command.FINALIZE:
+                    results = await stream.finalize()
+                else:
+                    for result in await stream.close():
+                        yield result
+                    return
+                for result in results:
+                    yield result
+        finally:
+            stream.discard()  # no-op after a clean close

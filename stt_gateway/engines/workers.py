@@ -1,0 +1,206 @@
+"""Engine worker processes: CPU-bound recognisers run outside the gateway's process.
+
+pocketsphinx holds the GIL inside its C calls (measured: ``end_utt`` on a 7 s utterance holds
+it ~180 ms, building a decoder ~210 ms), so engine threads in the gateway's process stalled its
+event loop — a p99 loop lag of 123 ms and a max of 1.17 s with six sessions. In worker
+processes that work has its own interpreter and the event loop is never blocked.
+
+Each worker owns the recognisers of the streams assigned to it (the least busy worker gets a
+new stream). The gateway talks to a worker over one pipe, one request and one reply at a time,
+from a dedicated I/O thread that blocks on the pipe with the GIL released. Each stream has at
+most one job outstanding, so a worker's FIFO serves its streams in turn: a slow stream delays
+only its own results.
+
+Wire (pickled over a ``multiprocessing`` pipe): request ``(stream_id, op, arg)``, reply
+``(True, [EngineResult, …])`` or ``(False, "ExceptionName: message")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import multiprocessing
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..errors import EngineError
+from ..events import EngineResult
+from .pooled import Recognizer, RecognizerSpec
+
+log = logging.getLogger(__name__)
+
+
+class Op(enum.Enum):
+    OPEN = "open"
+    PROCESS = "process"
+    FINALIZE = "finalize"
+    CLOSE = "close"
+    DROP = "drop"
+
+
+def _serve(conn: Connection) -> None:
+    """A worker process's loop: run each request on its stream's recogniser, reply."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+    streams: dict[int, Recognizer] = {}
+    while True:
+        try:
+            stream_id, op, arg = conn.recv()
+        except (EOFError, OSError):
+            return  # the gateway closed the pipe: shut down
+        try:
+            results: list[EngineResult] = []
+            if op is Op.OPEN:
+                streams[stream_id] = arg.build()
+            elif op is Op.PROCESS:
+                results = streams[stream_id].process(arg)
+            elif op is Op.FINALIZE:
+                results = streams[stream_id].finalize()
+            elif op is Op.CLOSE:
+                results = streams.pop(stream_id).close()
+            else:
+                streams.pop(stream_id, None)
+            reply: tuple[bool, Any] = (True, results)
+        except Exception as exc:
+            streams.pop(stream_id, None)  # a recogniser that raised is not trusted again
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+class _Worker:
+    """One worker process, its pipe and the I/O thread that talks over it."""
+
+    def __init__(self, ctx: multiprocessing.context.SpawnContext, index: int) -> None:
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve, args=(child,), name=f"stt-engine-{index}", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"stt-engine-{index}-io")
+        self.streams = 0
+        self.dead = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def _roundtrip(self, request: tuple[int, Op, object]) -> tuple[bool, Any]:
+        self._conn.send(request)
+        reply: tuple[bool, Any] = self._conn.recv()
+        return reply
+
+    async def call(self, stream_id: int, op: Op, arg: object = None) -> list[EngineResult]:
+        """Run ``op`` on the stream; its results. Raises EngineError (the reason in words)."""
+        loop = asyncio.get_running_loop()
+        try:
+            ok, value = await loop.run_in_executor(self._io, self._roundtrip, (stream_id, op, arg))
+        except (EOFError, OSError) as exc:
+            self.dead = True
+            raise EngineError(
+                f"the engine worker process exited (code {self._proc.exitcode})"
+            ) from exc
+        if not ok:
+            raise EngineError(f"the speech engine failed: {value}")
+        results: list[EngineResult] = value
+        return results
+
+    def stop(self, timeout_s: float) -> None:
+        """Close the pipe (the worker exits on EOF), then wait; blocking."""
+        self._conn.close()
+        self._io.shutdown(wait=True, cancel_futures=True)
+        self._proc.join(timeout_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+class WorkerStream:
+    """One recognition stream living in a worker process (see :class:`WorkerPool`)."""
+
+    def __init__(self, pool: WorkerPool, worker: _Worker, stream_id: int) -> None:
+        self._pool = pool
+        self._worker = worker
+        self._id = stream_id
+        self._open = True
+
+    async def process(self, pcm: bytes) -> list[EngineResult]:
+        return await self._worker.call(self._id, Op.PROCESS, pcm)
+
+    async def finalize(self) -> list[EngineResult]:
+        return await self._worker.call(self._id, Op.FINALIZE)
+
+    async def close(self) -> list[EngineResult]:
+        """Flush and finalize; the stream is gone afterwards."""
+        self._release()
+        return await self._worker.call(self._id, Op.CLOSE)
+
+    def discard(self) -> None:
+        """Free the stream without results (its session was torn down); does not wait."""
+        if self._open:
+            self._release()
+            self._pool._background(self._worker.call(self._id, Op.DROP))
+
+    def _release(self) -> None:
+        if self._open:
+            self._open = False
+            self._worker.streams -= 1
+
+
+class WorkerPool:
+    """``processes`` engine worker processes (``spawn``ed: no state forked from the gateway).
+
+    The processes start at :meth:`start` (or the first :meth:`open`) and stop at :meth:`close`.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._size = processes
+        self._workers: list[_Worker] = []
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        """Spawn the worker processes (they import the engines while the gateway goes on)."""
+        if not self._workers:
+            self._workers = [_Worker(self._ctx, i) for i in range(self._size)]
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Process ids of the workers (operators and tests)."""
+        return [w.pid for w in self._workers]
+
+    async def open(self, spec: RecognizerSpec) -> WorkerStream:
+        """Build ``spec``'s recogniser in the least busy live worker (replacing a dead one).
+
+        Raises:
+            EngineError: the recogniser could not be built, or the worker died.
+        """
+        self.start()
+        for i, worker in enumerate(self._workers):
+            if worker.dead:
+                log.warning("engine worker %d died; starting a new one", i)
+                self._workers[i] = _Worker(self._ctx, i)
+        worker = min(self._workers, key=lambda w: w.streams)
+        stream = WorkerStream(self, worker, next(self._ids))
+        worker.streams += 1
+        try:
+            await worker.call(stream._id, Op.OPEN, spec)
+        except BaseException:
+            stream._release()
+            raise
+        return stream
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every worker (each exits when its pipe closes)."""
+        workers, self._workers = self._workers, []
+        await asyncio.gather(*(asyncio.to_thread(w.stop, timeout_s) for w in workers))
