@@ -111,3 +111,19 @@ async def create_session(
         body: dict[str, Any] = await resp.json()
         assert resp.status == 201, body
         return body
+
+
+async def transcribe_ws(
+    http: aiohttp.ClientSession, base: str, pcm: bytes, sample_rate: int = 16_000
+) -> Received:
+    """Create a session, stream ``pcm`` unpaced in 20 ms WS frames, send ``close`` and return
+    every event the socket received (the gateway closes it after ``session_end``)."""
+    session = await create_session(http, base, {"sample_rate": sample_rate})
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    for frame in frames(pcm, sample_rate):
+        await ws.send_bytes(frame)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 120)
+    return received

@@ -13,7 +13,7 @@ import pytest
 
 from tests.audio_files import Clip, clip
 from tests.conftest import Gateway, StartGateway, direct_finals
-from tests.gateway_client import Received, create_session, follow_ws, frames
+from tests.gateway_client import Received, create_session, follow_ws, frames, transcribe_ws
 
 MAX_CHUNK = 64_000
 GOOD = clip("librivox-sns-0880")
@@ -34,16 +34,7 @@ async def error_of(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 
 async def stream_other_session(http: aiohttp.ClientSession, gw: Gateway) -> str:
     """A second, well-behaved session over WebSocket; returns its transcript."""
-    session = await create_session(http, gw.base)
-    ws = await http.ws_connect(session["ws_url"])
-    received = Received()
-    reader = asyncio.create_task(follow_ws(ws, received))
-    for frame in frames(OTHER.pcm, OTHER.sample_rate):
-        await ws.send_bytes(frame)
-        await asyncio.sleep(0)
-    await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 60)
-    return received.finals_text()
+    return (await transcribe_ws(http, gw.base, OTHER.pcm)).finals_text()
 
 
 def b64(data: bytes) -> dict[str, str]:

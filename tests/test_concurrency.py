@@ -8,20 +8,14 @@ import aiohttp
 
 from tests.audio_files import Clip, clips
 from tests.conftest import Gateway
-from tests.gateway_client import Received, create_session, follow_ws, frames
+from tests.gateway_client import transcribe_ws
 
 
 async def transcribe_over_ws(http: aiohttp.ClientSession, gw: Gateway, clip: Clip) -> str:
     """Stream ``clip`` unpaced in 20 ms frames; return the transcript after close."""
-    session = await create_session(http, gw.base)
-    ws = await http.ws_connect(session["ws_url"])
-    received = Received()
-    reader = asyncio.create_task(follow_ws(ws, received))
-    for frame in frames(clip.pcm, clip.sample_rate):
-        await ws.send_bytes(frame)
-    await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
-    async with http.get(f"{gw.base}/sessions/{session['session_id']}/transcript") as resp:
+    received = await transcribe_ws(http, gw.base, clip.pcm, clip.sample_rate)
+    sid = received.events[0]["session_id"]
+    async with http.get(f"{gw.base}/sessions/{sid}/transcript") as resp:
         text: str = (await resp.json())["text"]
     assert text == received.finals_text()
     return text
