@@ -18,6 +18,10 @@
     └── EngineError              engine_error         500    error event
         └── EngineUnavailable    engine_unavailable   422    —
 
+Codes that only ever arrive as ``error`` events, never as exceptions: ``slow_consumer`` (a
+subscriber fell too far behind and was cut off; it may resume from its last seq) and
+``engine_timeout`` (the engine did not flush its last results within ``close_timeout_s``).
+
 A handler never builds an error body by hand: it raises one of these, and the HTTP layer turns
 it into ``{"error": {"code", "message"}}`` with :attr:`GatewayError.status`, while the WebSocket
 layer turns it into an ``error`` event. Engines translate their own library's exceptions into

@@ -42,9 +42,7 @@ class Settings(BaseSettings):
     )
     heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat event interval")
     ws_ping_s: float = Field(
-        20.0,
-        gt=0,
-        description="WebSocket ping interval; a peer that misses a pong for this long is dropped",
+        20.0, gt=0, description="WebSocket ping interval; aiohttp drops a peer whose pong is late"
     )
     sse_retry_ms: int = Field(1000, ge=0, description="SSE `retry:` sent to browsers")
     retention_s: float = Field(
