@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .engines.base import EngineProvider
+from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
 from .engines.workers import WorkerPool
 from .registry import SessionRegistry
@@ -20,6 +21,13 @@ log = logging.getLogger(__name__)
 _JSON_BODY_SLACK = 64 * 1024
 
 
+def _default_providers(settings: Settings) -> Callable[[WorkerPool], dict[str, EngineProvider]]:
+    def make(workers: WorkerPool) -> dict[str, EngineProvider]:
+        return {"local": LocalEngineProvider(workers), "deepgram": DeepgramProvider(settings)}
+
+    return make
+
+
 def create_app(
     settings: Settings | None = None,
     providers: Callable[[WorkerPool], dict[str, EngineProvider]] | None = None,
@@ -29,7 +37,8 @@ def create_app(
     Args:
         settings: configuration; default: read from the environment and ``.env``.
         providers: builds the engines by config name from the engine worker pool; default:
-            the embedded ``local`` engine. Tests and benchmarks pass their own.
+            the embedded ``local`` engine and ``deepgram`` (available when its key is set).
+            Tests and benchmarks pass their own.
 
     The engine worker processes start when the app starts and stop on cleanup; live sessions
     are closed (``session_end`` reason ``shutdown``) when the server shuts down.
@@ -42,16 +51,18 @@ def create_app(
         client_max_size=settings.max_chunk_bytes * 4 // 3 + _JSON_BODY_SLACK,
     )
     workers = WorkerPool(settings.engine_processes)
-    make = providers or (lambda w: {"local": LocalEngineProvider(w)})
+    engines = (providers or _default_providers(settings))(workers)
     app[SETTINGS] = settings
     app[WORKERS] = workers
-    app[REGISTRY] = SessionRegistry(settings, make(workers))
+    app[REGISTRY] = SessionRegistry(settings, engines)
     for module in (rest, sse, ws, info):
         app.add_routes(module.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         workers.start()
         yield
+        for provider in engines.values():
+            await provider.close()
         await workers.close()
 
     async def close_sessions(app: web.Application) -> None:

@@ -16,11 +16,21 @@
     │   └── ChunkTooLarge        chunk_too_large      413
     ├── BadControlMessage        bad_control          —      error event, socket stays open
     └── EngineError              engine_error         500    error event
-        └── EngineUnavailable    engine_unavailable   422    —
+        ├── EngineUnavailable    engine_unavailable   422    —
+        └── UpstreamError        upstream_*           502/503 error event (Deepgram)
 
 Codes that only ever arrive as ``error`` events, never as exceptions: ``slow_consumer`` (a
-subscriber fell too far behind and was cut off; it may resume from its last seq) and
-``engine_timeout`` (the engine did not flush its last results within ``close_timeout_s``).
+subscriber fell too far behind and was cut off; it may resume from its last seq),
+``engine_timeout`` (the engine did not flush its last results within ``close_timeout_s``),
+``upstream_reconnecting`` and ``upstream_reconnected`` (with ``gap_ms``).
+
+Upstream (Deepgram) codes, as a ``POST /sessions`` answer when the first handshake fails, else
+as ``error`` events: ``upstream_auth`` (401/403: the key was refused), ``upstream_rejected``
+(400: Deepgram refused the config; its ``dg-error`` text is quoted), ``upstream_busy`` (429:
+concurrency limit; 503 with ``Retry-After``), ``upstream_unavailable`` (5xx, network, timeout),
+``upstream_bad_audio`` (close 1008 DATA-0000), ``upstream_timeout`` (close 1011 NET-0000 /
+NET-0001), ``upstream_closed`` (the socket dropped), and ``upstream_error`` (reconnecting gave
+up; ``session_end`` follows with that reason).
 
 A handler never builds an error body by hand: it raises one of these, and the HTTP layer turns
 it into ``{"error": {"code", "message"}}`` with :attr:`GatewayError.status`, while the WebSocket
@@ -43,6 +53,8 @@ class GatewayError(Exception):
 
     code = "internal_error"
     status = 500
+    retry_after_s: float | None = None
+    """When set, the HTTP answer carries ``Retry-After`` (s)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -143,3 +155,30 @@ class EngineUnavailable(EngineError):
 
     code = "engine_unavailable"
     status = 422
+
+
+class UpstreamError(EngineError):
+    """The upstream speech service failed; ``code`` says how (see the module docstring).
+
+    Args:
+        code: one of the ``upstream_*`` codes.
+        message: what happened, for people; never contains the API key.
+        status: the HTTP status when this answers ``POST /sessions``.
+        retryable: whether reconnecting may help (429, 5xx, drops, 1011).
+        retry_after_s: the ``Retry-After`` for an HTTP answer.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 502,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s

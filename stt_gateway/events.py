@@ -70,6 +70,9 @@ class ErrorData(_Data):
 
     code: str = Field(description="stable snake_case identifier, see stt_gateway.errors")
     message: str
+    gap_ms: float | None = Field(
+        None, description="upstream_reconnected only: how long the upstream was away (ms)"
+    )
 
 
 class SessionEndData(_Data):

@@ -65,6 +65,9 @@ class SessionInfo(BaseModel):
     subscribers: int
     last_seq: int = Field(description="seq of the newest event; 0 before the first")
     config: SessionConfig
+    request_id: str | None = Field(
+        None, description="the upstream service's id for this stream (Deepgram request_id)"
+    )
 
 
 class Segment(BaseModel):

@@ -167,10 +167,11 @@ class Session:
             self._fail("engine_error", f"the speech engine failed: {type(exc).__name__}")
 
     def _fail(self, code: str, message: str) -> None:
+        """The engine failed for good: publish why, then end the session with that code."""
         self._log.publish(ErrorData(code=code, message=message))
         if self._closing is None:
             self._state = "closing"
-            self._closing = asyncio.create_task(self._close("engine_error"))
+            self._closing = asyncio.create_task(self._close(code))
 
     def _publish_result(self, result: EngineResult) -> None:
         if isinstance(result, FinalData):
@@ -213,4 +214,5 @@ class Session:
             subscribers=self._log.subscriber_count,
             last_seq=self._log.last_seq,
             config=self.config,
+            request_id=self._engine.upstream_id(),
         )

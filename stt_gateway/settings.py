@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,4 +50,35 @@ class Settings(BaseSettings):
     )
     close_timeout_s: float = Field(
         10.0, gt=0, description="longest wait for an engine to flush its last finals on close"
+    )
+
+    deepgram_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DEEPGRAM_API_KEY", "STT_GATEWAY_DEEPGRAM_API_KEY"),
+        description="enables engine 'deepgram'; never logged or shown",
+    )
+    deepgram_url: str = Field(
+        "wss://api.deepgram.com",
+        validation_alias=AliasChoices("DEEPGRAM_URL", "STT_GATEWAY_DEEPGRAM_URL"),
+        description="Deepgram base URL (self-hosted Deepgram, or a test fake)",
+    )
+    deepgram_keepalive_s: float = Field(
+        4.0,
+        gt=0,
+        description="send KeepAlive after this long without audio (Deepgram closes "
+        "idle sockets after ~10 s)",
+    )
+    deepgram_connect_timeout_s: float = Field(10.0, gt=0, description="handshake time limit")
+    deepgram_reconnect_attempts: int = Field(
+        5, ge=0, description="reconnects tried after an unplanned upstream loss before giving up"
+    )
+    deepgram_backoff_s: float = Field(
+        0.25, gt=0, description="first reconnect delay; doubles per attempt, with jitter"
+    )
+    deepgram_backoff_max_s: float = Field(4.0, gt=0, description="longest reconnect delay")
+    deepgram_replay_s: float = Field(
+        30.0,
+        gt=0,
+        description="audio not yet covered by a final kept for replay after a "
+        "reconnect (older audio is dropped and counted as a gap)",
     )

@@ -14,7 +14,7 @@ from stt_gateway.app import create_app
 from stt_gateway.transports.common import WORKERS
 from tests.audio_files import clip
 from tests.conftest import ServerFactory, StartGateway, direct_finals, make_settings
-from tests.fakes import EchoProvider
+from tests.fakes.echo import EchoProvider
 from tests.gateway_client import Received, create_session, follow_ws
 
 SPEECH = clip("librivox-sns-0880")

@@ -45,7 +45,15 @@ class Engine(ABC):
 
     @abstractmethod
     def results(self) -> AsyncIterator[EngineResult]:
-        """The stream's results in order; ends after :meth:`close` has flushed."""
+        """The stream's results in order; ends after :meth:`close` has flushed.
+
+        Raises:
+            EngineError: the stream failed for good; the session ends with its ``code``.
+        """
+
+    def upstream_id(self) -> str | None:
+        """The upstream service's id for this stream (e.g. Deepgram's ``request_id``)."""
+        return None
 
 
 class EngineProvider(ABC):
@@ -74,3 +82,6 @@ class EngineProvider(ABC):
     @abstractmethod
     def create(self, config: SessionConfig) -> Engine:
         """A new, not yet started engine for a session with the resolved ``config``."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release what the provider holds (app cleanup)."""

@@ -30,9 +30,14 @@ def model_response(model: BaseModel, status: int = 200) -> web.Response:
     )
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, retry_after_s: float | None = None
+) -> web.Response:
     """The ``{"error": {"code", "message"}}`` body every 4xx/5xx answer has."""
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s else None
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -53,7 +58,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.retry_after_s)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,1 @@
+"""Fakes for tests: a scripted engine and a protocol-faithful Deepgram server."""

@@ -1,0 +1,313 @@
+"""engine "deepgram" against a protocol-faithful local fake (tests/fakes/deepgram.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.audio_files import Clip, clip, clips, wer
+from tests.conftest import Gateway, ServerFactory, StartGateway
+from tests.fakes.deepgram import FakeDeepgram, Fault
+from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames
+
+KEY = "dg-secret-key-0123456789"
+DG = {"engine": "deepgram"}
+
+
+@pytest.fixture
+async def fake(aiohttp_server: ServerFactory) -> FakeDeepgram:
+    fake = FakeDeepgram(api_keys=frozenset({KEY}))
+    for c in clips():
+        fake.add_clip(c.pcm, c.reference)
+    server: TestServer = await aiohttp_server(fake.app())
+    fake.url = str(server.make_url("")).rstrip("/").replace("http://", "ws://")
+    return fake
+
+
+StartDG = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+def start_dg(start_gateway: StartGateway, fake: FakeDeepgram) -> StartDG:
+    async def start(**overrides: Any) -> Gateway:
+        settings: dict[str, Any] = {
+            "deepgram_api_key": KEY,
+            "deepgram_url": fake.url,
+            "deepgram_backoff_s": 0.02,
+            "deepgram_backoff_max_s": 0.1,
+        }
+        return await start_gateway(**(settings | overrides))
+
+    return start
+
+
+def same_words(a: str, b: str) -> bool:
+    return wer(a, b) == 0.0
+
+
+async def stream_ws(
+    http: aiohttp.ClientSession,
+    url: str,
+    c: Clip,
+    pause_at_s: float = 0.0,
+    pause_s: float = 0.0,
+    pace: float = 0.0,
+) -> None:
+    ws = await http.ws_connect(url)
+    sink = asyncio.create_task(follow_ws(ws, Received()))
+    for i, frame in enumerate(frames(c.pcm, c.sample_rate)):
+        if pause_s and i == int(pause_at_s * 50):
+            await asyncio.sleep(pause_s)
+        await ws.send_bytes(frame)
+        if pace:
+            await asyncio.sleep(0.02 / pace)
+    await ws.close()
+    await sink
+
+
+async def run_session(
+    http: aiohttp.ClientSession,
+    gw: Gateway,
+    c: Clip,
+    transport: str,
+    config: dict[str, Any] | None = None,
+    **stream: Any,
+) -> Received:
+    session = await create_session(http, gw.base, DG | (config or {}))
+    events = Received()
+    reader = asyncio.create_task(follow_sse(http, session["stream_url"], events))
+    if transport == "ws":
+        await stream_ws(http, session["ws_url"], c, **stream)
+    else:
+        for chunk in frames(c.pcm, c.sample_rate, 100):
+            async with http.post(
+                session["audio_url"], json={"audio_data": base64.b64encode(chunk).decode()}
+            ) as r:
+                assert r.status == 202
+    async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
+        closed = await resp.json()
+    await asyncio.wait_for(reader, 30)
+    assert closed["transcript"] == events.finals_text()
+    return events
+
+
+@pytest.mark.parametrize("transport", ["ws", "post"])
+@pytest.mark.parametrize("c", clips(), ids=lambda c: c.name)
+async def test_deepgram_finals_equal_the_fakes_text_and_korean_is_the_default(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession, c: Clip, transport: str
+) -> None:
+    gw = await start_dg()
+    events = await run_session(http, gw, c, transport)
+    assert same_words(events.finals_text(), c.reference), events.finals_text()
+    assert events.of_type("token")
+    assert events.of_type("speech_start")
+    assert events.of_type("speech_end")
+    assert events.seqs == list(range(1, len(events.seqs) + 1))
+    assert events.logged[-1]["data"]["reason"] == "client_closed"
+    assert not events.of_type("error")
+    (conn,) = fake.connections
+    assert conn.query == {
+        "model": "nova-3",
+        "language": "ko",
+        "encoding": "linear16",
+        "sample_rate": "16000",
+        "channels": "1",
+        "interim_results": "true",
+        "vad_events": "true",
+        "punctuate": "true",
+        "smart_format": "true",
+        "endpointing": "300",
+        "utterance_end_ms": "1000",
+    }
+    assert conn.closestreams == 1
+    assert conn.audio_bytes == len(c.pcm)
+
+
+async def test_deepgram_query_carries_what_the_session_config_asked_for(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession, gateway: Gateway
+) -> None:
+    gw = await start_dg()
+    config = {
+        "language": "en-US",
+        "model": "nova-2",
+        "endpointing_ms": 500,
+        "utterance_end_ms": 1500,
+        "sample_rate": 16000,
+    }
+    created = await create_session(http, gw.base, DG | config)
+    assert created["config"] | config == created["config"]
+    async with http.get(f"{gw.base}/sessions/{created['session_id']}") as resp:
+        info = await resp.json()
+    assert info["request_id"] == fake.connections[0].request_id
+    q = fake.connections[0].query
+    assert (q["language"], q["model"], q["endpointing"], q["utterance_end_ms"]) == (
+        "en-US",
+        "nova-2",
+        "500",
+        "1500",
+    )
+    no_interims = await create_session(http, gw.base, DG | {"interim_results": False})
+    assert no_interims["config"]["utterance_end_ms"] is None
+    assert fake.connections[1].query["interim_results"] == "false"
+    assert "utterance_end_ms" not in fake.connections[1].query
+
+
+async def test_deepgram_config_refused_upstream_is_422_with_its_reason(
+    start_dg: StartDG, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    async with http.post(
+        f"{gw.base}/sessions", json={"config": DG | {"model": "nova-2-phonecall"}}
+    ) as resp:
+        assert resp.status == 422
+        error = (await resp.json())["error"]
+    assert error["code"] == "upstream_rejected"
+    assert "nova-2-phonecall/ko" in error["message"]
+
+
+async def test_deepgram_without_a_key_is_unavailable(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{gateway.base}/sessions", json={"config": DG}) as resp:
+        assert resp.status == 422
+        error = (await resp.json())["error"]
+    assert error["code"] == "engine_unavailable"
+    assert "DEEPGRAM_API_KEY" in error["message"]
+    async with http.get(f"{gateway.base}/info") as resp:
+        engines = (await resp.json())["engines"]
+    assert engines["deepgram"]["available"] is False
+    assert engines["deepgram"]["languages"][0] == "ko"
+
+
+async def test_deepgram_30s_pause_mid_session_is_kept_alive(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    c = clip("librivox-sns-0880")
+    events = await run_session(http, gw, c, "ws", pause_at_s=1.5, pause_s=30.0)
+    (conn,) = fake.connections
+    print(f"\nKeepAlive frames during a 30 s pause: {conn.keepalives}")
+    assert conn.keepalives >= 6  # every ~4 s; the fake closes after 10 s without a frame
+    assert conn.closed_with == 1000
+    assert not events.of_type("error")
+    assert same_words(events.finals_text(), c.reference)
+
+
+async def test_deepgram_three_drops_mid_utterance_lose_and_duplicate_nothing(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    c = clip("librivox-sns-0870")  # one 6.5 s utterance: every drop is mid-speech
+    clean = await run_session(http, gw, c, "ws", pace=4.0)
+    fake.connections.clear()
+    second = 32_000
+    fake.faults.extend(
+        [
+            Fault(drop_after_bytes=int(1.5 * second)),
+            Fault(drop_after_bytes=int(2.5 * second)),
+            Fault(drop_after_bytes=int(4.6 * second)),
+        ]
+    )
+    faulty = await run_session(http, gw, c, "ws", pace=4.0)
+    assert len(fake.connections) == 4
+    assert faulty.finals_text() == clean.finals_text()
+    assert same_words(faulty.finals_text(), c.reference)
+    codes = [e["data"]["code"] for e in faulty.of_type("error")]
+    assert codes.count("upstream_closed") == 3
+    assert codes.count("upstream_reconnecting") == 3
+    reconnected = [
+        e for e in faulty.of_type("error") if e["data"]["code"] == "upstream_reconnected"
+    ]
+    assert len(reconnected) == 3
+    assert all(e["data"]["gap_ms"] > 0 for e in reconnected)
+    ends = [e["data"]["end"] for e in faulty.of_type("final")]
+    assert ends == sorted(ends)
+    words = [w["start"] for e in faulty.of_type("final") for w in e["data"]["words"]]
+    assert words == sorted(words)
+    print(
+        f"\nfinals after 3 drops: {faulty.finals_text()!r}; gaps (ms): "
+        f"{[e['data']['gap_ms'] for e in reconnected]}"
+    )
+
+
+async def test_deepgram_1011_reconnects_and_keeps_the_transcript(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    c = clip("librivox-sns-0920")
+    fake.faults.append(Fault(close_1011_after_bytes=64_000))
+    events = await run_session(http, gw, c, "post")
+    codes = [e["data"]["code"] for e in events.of_type("error")]
+    assert codes == ["upstream_timeout", "upstream_reconnecting", "upstream_reconnected"]
+    assert "1011" in events.of_type("error")[0]["data"]["message"]
+    assert same_words(events.finals_text(), c.reference)
+
+
+async def test_deepgram_401_and_429_fail_creation_clearly_and_others_stream_on(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    c = clip("librivox-sns-0890")
+    other = asyncio.create_task(run_session(http, gw, c, "ws", pace=8.0))
+    await asyncio.wait_for(fake.connected.wait(), 5)
+    fake.faults.append(Fault(reject=401))
+    async with http.post(f"{gw.base}/sessions", json={"config": DG}) as resp:
+        assert resp.status == 502
+        error = (await resp.json())["error"]
+    assert error["code"] == "upstream_auth"
+    assert "Invalid credentials" in error["message"]
+    fake.faults.append(Fault(reject=429))
+    async with http.post(f"{gw.base}/sessions", json={"config": DG}) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "2"
+        assert (await resp.json())["error"]["code"] == "upstream_busy"
+    events = await other
+    assert not events.of_type("error")
+    assert same_words(events.finals_text(), c.reference)
+
+
+async def test_deepgram_key_refused_on_reconnect_ends_the_session_with_upstream_error(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    fake.faults.extend([Fault(drop_after_bytes=32_000), Fault(reject=401)])
+    session = await create_session(http, gw.base, DG)
+    events = Received()
+    reader = asyncio.create_task(follow_sse(http, session["stream_url"], events))
+    await stream_ws(http, session["ws_url"], clip("librivox-sns-0930"))
+    await asyncio.wait_for(reader, 10)
+    codes = [e["data"]["code"] for e in events.of_type("error")]
+    assert codes == ["upstream_closed", "upstream_reconnecting", "upstream_auth", "upstream_error"]
+    assert events.logged[-1]["data"]["reason"] == "upstream_error"
+    async with http.post(
+        session["audio_url"], data=b"\0\0", headers={"Content-Type": "application/octet-stream"}
+    ) as resp:
+        assert resp.status == 409
+
+
+async def test_deepgram_key_never_appears_in_logs_errors_or_info(
+    start_dg: StartDG,
+    fake: FakeDeepgram,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    gw = await start_dg()
+    fake.faults.extend([Fault(close_1011_after_bytes=20_000), Fault(reject=503)])
+    events = await run_session(http, gw, clip("goforward"), "ws")
+    fake.faults.append(Fault(reject=401))
+    async with http.post(f"{gw.base}/sessions", json={"config": DG}) as resp:
+        refused = await resp.text()
+    async with http.get(f"{gw.base}/info") as resp:
+        info = await resp.text()
+    everything = caplog.text + refused + info + "".join(str(e) for e in events.events)
+    assert "upstream_unavailable" in everything  # the 503 retry was reported
+    assert KEY not in everything
+    assert KEY[:8] not in everything
