@@ -311,3 +311,42 @@ async def test_deepgram_key_never_appears_in_logs_errors_or_info(
     assert "upstream_unavailable" in everything  # the 503 retry was reported
     assert KEY not in everything
     assert KEY[:8] not in everything
+
+
+async def test_deepgram_slow_reconnect_handshake_buffers_audio_and_loses_nothing(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    c = clip("librivox-sns-0920")
+    # The first connection drops after 1.5 s of audio; the next handshake takes 1 s.
+    fake.faults.extend([Fault(drop_after_bytes=48_000), Fault(handshake_delay_s=1.0)])
+    events = await run_session(http, gw, c, "ws", pace=2.0)
+    reconnected = [
+        e for e in events.of_type("error") if e["data"]["code"] == "upstream_reconnected"
+    ]
+    assert len(reconnected) == 1
+    assert reconnected[0]["data"]["gap_ms"] >= 1000  # audio kept coming while it waited
+    assert same_words(events.finals_text(), c.reference)
+
+
+async def test_deepgram_finalize_settles_the_utterance_in_progress(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    c = clip("librivox-sns-0870")
+    session = await create_session(http, gw.base, DG)
+    ws = await http.ws_connect(session["ws_url"])
+    half = frames(c.pcm, c.sample_rate)[:150]  # 3 s: mid-utterance, before any final
+    for frame in half:
+        await ws.send_bytes(frame)
+    await ws.send_json({"type": "finalize"})
+    async with asyncio.timeout(5):
+        event = await ws.receive_json()
+        while event["event_type"] != "final":
+            event = await ws.receive_json()
+    first = event["data"]
+    assert first["end"] <= 3.0 + 1e-6
+    assert c.reference.startswith(" ".join(w["word"].lower().rstrip(".") for w in first["words"]))
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(follow_ws(ws, Received()), 10)
+    assert fake.connections[0].finalizes == 1

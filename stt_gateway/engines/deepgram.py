@@ -272,13 +272,15 @@ class DeepgramEngine(Engine):
     async def feed(self, pcm: bytes) -> None:
         self._ring += pcm
         self._trim_to_cap()
-        if self._live and self._ws is not None:
+        ws = self._ws
+        if self._live and ws is not None:
             try:
-                await self._ws.send_bytes(pcm)
+                await ws.send_bytes(pcm)
             except ConnectionError:
                 return  # the reader sees the loss and reconnects; the ring holds this chunk
-            self._sent += len(pcm)
-            self._last_send = time.monotonic()
+            if ws is self._ws:  # not replaced meanwhile (a new socket counts its own replay)
+                self._sent += len(pcm)
+                self._last_send = time.monotonic()
 
     async def finalize(self) -> None:
         self._finalize_wanted = True
