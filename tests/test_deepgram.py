@@ -237,17 +237,22 @@ async def test_deepgram_three_drops_mid_utterance_lose_and_duplicate_nothing(
     )
 
 
-async def test_deepgram_1011_reconnects_and_keeps_the_transcript(
+async def test_deepgram_1011_reconnects_and_keeps_the_transcript_and_others_stream_on(
     start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
 ) -> None:
     gw = await start_dg()
-    c = clip("librivox-sns-0920")
+    c, other_clip = clip("librivox-sns-0920"), clip("librivox-sns-0930")
     fake.faults.append(Fault(close_1011_after_bytes=64_000))
-    events = await run_session(http, gw, c, "post")
+    faulty = asyncio.create_task(run_session(http, gw, c, "post"))
+    await asyncio.wait_for(fake.connected.wait(), 5)  # the faulty one took the fault
+    other = await run_session(http, gw, other_clip, "ws", pace=4.0)
+    events = await faulty
     codes = [e["data"]["code"] for e in events.of_type("error")]
     assert codes == ["upstream_timeout", "upstream_reconnecting", "upstream_reconnected"]
     assert "1011" in events.of_type("error")[0]["data"]["message"]
     assert same_words(events.finals_text(), c.reference)
+    assert not other.of_type("error")
+    assert same_words(other.finals_text(), other_clip.reference)
 
 
 async def test_deepgram_401_and_429_fail_creation_clearly_and_others_stream_on(
