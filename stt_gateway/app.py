@@ -57,6 +57,8 @@ def create_app(
     app[REGISTRY] = SessionRegistry(settings, engines)
     for module in (rest, sse, ws, info):
         app.add_routes(module.routes)
+    app[info.STATIC_DIR] = info.find_static_dir()
+    app.router.add_static("/static", app[info.STATIC_DIR])
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         workers.start()

@@ -164,6 +164,9 @@ async def test_health_info_and_usage_describe_this_gateway(
         guide = await resp.text()
     assert f"{gateway.base}/sessions" in guide
     assert "EventSource" in guide
-    async with http.get(f"{gateway.base}/", allow_redirects=False) as resp:
-        assert resp.status == 302
-        assert resp.headers["Location"] == "/usage"
+    async with http.get(f"{gateway.base}/") as resp:
+        assert resp.status == 200
+        assert '<script type="module" src="/static/app.js">' in await resp.text()
+    async with http.get(f"{gateway.base}/static/capture-worklet.js") as resp:
+        assert resp.status == 200
+        assert "registerProcessor" in await resp.text()

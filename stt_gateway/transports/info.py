@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
+from pathlib import Path
 
 from aiohttp import web
 
@@ -58,7 +60,17 @@ async def usage(request: web.Request) -> web.Response:
     return web.Response(text=guide.replace("{BASE}", base), content_type="text/markdown")
 
 
+STATIC_DIR = web.AppKey("static_dir", Path)
+
+
+def find_static_dir() -> Path:
+    """The mic page's files: ``static/`` beside the package in a checkout, else where
+    ``pip install`` put them (``<prefix>/share/stt-gateway/static``)."""
+    checkout = Path(__file__).resolve().parents[2] / "static"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "stt-gateway" / "static"
+
+
 @routes.get("/")
-async def index(request: web.Request) -> web.Response:
-    """The root points a person at the usage guide."""
-    raise web.HTTPFound("/usage")
+async def index(request: web.Request) -> web.FileResponse:
+    """The mic page (``static/index.html``); ``?follow=<id>`` makes it a read-only view."""
+    return web.FileResponse(request.app[STATIC_DIR] / "index.html")

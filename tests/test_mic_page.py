@@ -1,0 +1,181 @@
+"""The bundled mic page in Debian's Chromium (Playwright), with real speech as the microphone."""
+
+from __future__ import annotations
+
+import shutil
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.audio_files import clips, wer
+from tests.conftest import Gateway
+from tests.gateway_client import create_session
+
+CHROMIUM = shutil.which("chromium")
+QUIET = [  # this machine's network is closed: no background calls home
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+GAP_S = 1.0
+
+Launch = Callable[..., Awaitable[Browser]]
+
+
+@pytest.fixture
+async def launch() -> AsyncIterator[Launch]:
+    """Start Debian's chromium with extra flags; every browser is closed after the test."""
+    assert CHROMIUM, "chromium is missing: the README test command installs it"
+    async with async_playwright() as pw:
+        browsers: list[Browser] = []
+
+        async def start(*flags: str) -> Browser:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*QUIET, *flags])
+            browsers.append(browser)
+            return browser
+
+        yield start
+        for browser in browsers:
+            await browser.close()
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, str]:
+    """Every shared clip, 1 s of silence after each, as one WAV: ~34 s, 75 words, so one word
+    is 1.3 WER points."""
+    pcm = b"".join(c.pcm + b"\0\0" * int(16_000 * GAP_S) for c in clips())
+    path = tmp_path_factory.mktemp("mic") / "speech.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(pcm)
+    return path, pcm, " ".join(c.reference for c in clips())
+
+
+async def open_page(browser: Browser, url: str) -> Page:
+    page = await browser.new_page()
+    await page.goto(url)
+    await page.wait_for_function("document.querySelector('#engine').options.length > 0")
+    return page
+
+
+async def ended(page: Page) -> None:
+    await page.wait_for_function(
+        "document.querySelector('#status').textContent.startsWith('Session ended')",
+        timeout=20_000,
+    )
+
+
+async def test_mic_page_transcribes_speech_like_the_engine_and_a_follower_sees_the_same(
+    gateway: Gateway, launch: Launch, speech: tuple[Path, bytes, str]
+) -> None:
+    from stt_gateway.engines.local import LocalEngineProvider
+    from stt_gateway.events import FinalData
+    from stt_gateway.models import SessionConfig
+
+    wav, pcm, reference = speech
+    browser = await launch(*FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
+    page = await open_page(browser, gateway.base + "/")
+    assert await page.input_value("#engine") == "local"
+    assert await page.input_value("#language") == "en-US"
+    await page.click("#start")
+    await page.wait_for_selector("#follow-link")
+    follow_url = await page.get_attribute("#follow-link", "href")
+    assert follow_url is not None
+    assert "?follow=" in follow_url
+    follower = await (await launch()).new_page()
+    await follower.goto(follow_url)
+    assert await follower.is_hidden("#controls")
+
+    await page.wait_for_function("document.querySelector('#interim').textContent.length > 0")
+    assert await page.get_attribute("#activity", "aria-label") == "speech detected"
+    await page.wait_for_timeout(int((len(pcm) / 32_000 + 0.5) * 1000))
+    await page.click("#stop")
+    await ended(page)
+    await ended(follower)
+
+    on_page = (await page.text_content("#finals")) or ""
+    followed = (await follower.text_content("#finals")) or ""
+    assert followed == on_page
+    assert "ms after speech onset" in ((await page.text_content("#ttft")) or "")
+
+    recognizer = LocalEngineProvider.spec(SessionConfig()).build()
+    direct = " ".join(
+        r.text for r in recognizer.process(pcm) + recognizer.close() if isinstance(r, FinalData)
+    )
+    page_wer, direct_wer = wer(reference, on_page), wer(reference, direct)
+    print(f"\nmic page WER {page_wer:.3f}, engine fed the file directly {direct_wer:.3f}")
+    assert abs(page_wer - direct_wer) <= 0.02
+
+
+async def test_mic_page_in_an_insecure_context_says_why_and_how_to_fix_it(
+    gateway: Gateway, launch: Launch
+) -> None:
+    # A host name that is not localhost, resolved to this machine's loopback by Chromium
+    # itself: plain HTTP there is not a secure context, and no traffic leaves the machine.
+    port = gateway.base.rsplit(":", 1)[1]
+    browser = await launch(*FAKE_MIC, "--host-resolver-rules=MAP stt-gateway.test 127.0.0.1")
+    page = await open_page(browser, f"http://stt-gateway.test:{port}/")
+    assert await page.evaluate("window.isSecureContext") is False
+    notice = (await page.text_content("#notice")) or ""
+    assert await page.is_visible("#notice")
+    assert "secure context" in notice
+    assert f"http://localhost:{port}/" in notice
+    assert await page.is_disabled("#start")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--use-fake-device-for-media-stream"], "permission was denied"),
+        (["--use-fake-ui-for-media-stream"], "No microphone was found"),
+    ],
+    ids=["permission-denied", "no-device"],
+)
+async def test_mic_page_explains_a_microphone_it_cannot_use(
+    gateway: Gateway, launch: Launch, flags: list[str], expected: str
+) -> None:
+    page = await open_page(await launch(*flags), gateway.base + "/")
+    await page.click("#start")
+    await page.wait_for_selector("#notice:not([hidden])")
+    assert expected in ((await page.text_content("#notice")) or "")
+    assert await page.is_enabled("#start")
+
+
+async def test_mic_page_says_when_the_gateway_is_unreachable(
+    gateway: Gateway, launch: Launch
+) -> None:
+    browser = await launch(*FAKE_MIC)
+    page = await browser.new_page()
+    await page.route("**/info", lambda route: route.abort())
+    await page.goto(gateway.base + "/")
+    await page.wait_for_selector("#notice:not([hidden])")
+    assert "unreachable" in ((await page.text_content("#notice")) or "")
+    assert await page.is_disabled("#start")
+
+
+async def test_follow_view_shows_a_finished_sessions_transcript(
+    gateway: Gateway, launch: Launch
+) -> None:
+    import aiohttp
+
+    c = clips()[0]
+    async with aiohttp.ClientSession() as http:
+        session = await create_session(http, gateway.base)
+        async with http.post(
+            session["audio_url"], data=c.pcm, headers={"Content-Type": "application/octet-stream"}
+        ):
+            pass
+        async with http.delete(f"{gateway.base}/sessions/{session['session_id']}") as resp:
+            transcript = (await resp.json())["transcript"]
+    page = await (await launch()).new_page()
+    await page.goto(f"{gateway.base}/?follow={session['session_id']}")
+    await ended(page)
+    assert await page.text_content("#finals") == transcript
