@@ -1,19 +1,24 @@
 """A session's event log: ``seq`` assignment, a bounded replay ring, and fan-out.
 
 Each event is serialised to JSON once, at publish, and the same string goes to every
-subscriber (SSE and WebSocket send identical text). Fan-out never awaits: each subscriber has
-its own bounded queue; a subscriber whose queue is full is cut off (``slow_consumer``) and may
-come back with the last ``seq`` it saw, so one slow reader costs only itself.
+subscriber (SSE and WebSocket send identical text). Publishing never awaits: each subscriber has
+its own bounded queue. When a subscriber falls behind, its pending interims are coalesced (a new
+``token`` replaces a pending ``token`` of the same utterance); finals and control events are
+never dropped. Past the hard limits — too many events pending, or the oldest pending one too
+old — the subscriber is cut off with a ``slow_consumer`` error and may come back with the last
+``seq`` it saw. One slow reader costs only itself.
 
 Replay and live delivery meet without gap or duplicate because :meth:`EventLog.subscribe` takes
 its snapshot of the ring and registers the subscriber in one synchronous step: no event can be
-published between the two.
+published between the two. The ring is bounded in events and in bytes; a resume from a ``seq``
+the ring no longer holds starts with a ``replay_gap`` error naming the first ``seq`` it can give.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ class Record:
 
 
 SESSION_END = "session_end"
+TOKEN = "token"
 
 
 class Subscription:
@@ -38,30 +44,69 @@ class Subscription:
 
     Iterate with ``async for``; iteration ends after the ``session_end`` record, or after a
     ``slow_consumer`` error record (seq ``None``) when the subscriber fell too far behind.
-    :meth:`next` inside ``asyncio.timeout`` lets a transport send heartbeats while idle.
+    ``next()`` inside ``asyncio.timeout`` lets a transport send heartbeats while idle.
+
+    Args:
+        log: the log it reads.
+        backlog: records replayed before the live ones.
+        limit: live records pending before the subscriber is cut off.
+        coalesce_after: live records pending before interims are coalesced.
+        max_lag_s: age (s) of the oldest pending live record past which it is cut off.
     """
 
-    def __init__(self, log: EventLog, backlog: list[Record], maxsize: int) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        backlog: list[Record],
+        limit: int,
+        coalesce_after: int,
+        max_lag_s: float,
+    ) -> None:
         self._log = log
         self._backlog = deque(backlog)
-        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize)
+        self._live: deque[tuple[float, Record]] = deque()  # (monotonic s queued, record)
+        self._limit = limit
+        self._max_lag_s = max_lag_s
+        self._coalesce_after = coalesce_after
+        self._waiter: asyncio.Future[None] | None = None
         self._cut: Record | None = None
         self._ended = False
+        self.coalesced = 0
+        """Interims replaced by a newer one before this subscriber read them."""
 
-    def _offer(self, record: Record) -> bool:
-        """Queue a live record without waiting; ``False`` when the queue is full."""
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
+    @property
+    def pending(self) -> int:
+        """Records waiting to be read (backlog and live)."""
+        return len(self._backlog) + len(self._live)
+
+    def _offer(self, record: Record, now: float) -> bool:
+        """Queue a live record without waiting; ``False`` when past a hard limit."""
+        live = self._live
+        if live and now - live[0][0] > self._max_lag_s:
             return False
+        if (
+            record.event_type == TOKEN
+            and len(live) >= self._coalesce_after
+            and live[-1][1].event_type == TOKEN
+        ):
+            # The newest interim of the same utterance supersedes the pending one; it keeps
+            # the older queue time, so coalescing never hides how far behind the reader is.
+            live[-1] = (live[-1][0], record)
+            self.coalesced += 1
+        elif len(live) >= self._limit:
+            return False
+        else:
+            live.append((now, record))
+        self._wake()
         return True
 
     def _cut_off(self, record: Record) -> None:
         self._cut = record
-        # Wake a reader blocked on an empty queue (cannot happen when full, but a reader may
-        # have drained it since): the sentinel is never returned, _cut is checked first.
-        if self._queue.empty():
-            self._queue.put_nowait(record)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self) -> Record:
         """The next record. Cancel-safe: a caller may wrap it in ``asyncio.timeout``.
@@ -69,17 +114,28 @@ class Subscription:
         Raises:
             StopAsyncIteration: the subscription has ended.
         """
-        if self._ended:
-            raise StopAsyncIteration
-        if self._cut is None and self._backlog:
-            record = self._backlog.popleft()
-        elif self._cut is None:
-            record = await self._queue.get()
-        if self._cut is not None:
-            record = self._cut
-        if record is self._cut or record.event_type == SESSION_END:
-            self.close()
-        return record
+        while True:
+            if self._ended:
+                raise StopAsyncIteration
+            if self._cut is not None:
+                record = self._cut
+            elif self._backlog:
+                record = self._backlog.popleft()
+            elif self._live:
+                record = self._live.popleft()[1]
+            elif self._log.closed:
+                self.close()  # everything up to session_end was already read
+                continue
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                continue
+            if record is self._cut or record.event_type == SESSION_END:
+                self.close()
+            return record
 
     def __aiter__(self) -> AsyncIterator[Record]:
         return self
@@ -91,30 +147,57 @@ class Subscription:
         """Stop receiving (idempotent); the transport calls this when its peer leaves."""
         self._ended = True
         self._log._unsubscribe(self)
+        self._wake()
 
 
 class EventLog:
-    """Assigns ``seq`` 1, 2, … to a session's events, keeps the last ``ring_size`` for replay,
-    and fans each out to every :class:`Subscription`.
+    """Assigns ``seq`` 1, 2, … to a session's events, keeps the newest for replay, and fans
+    each out to every :class:`Subscription`.
 
     Args:
         session_id: stamped on every event.
-        ring_size: events kept for replay (counted in events).
-        queue_size: live events a subscriber may have pending before it is cut off.
+        ring_events: most events kept for replay.
+        ring_bytes: most bytes of event JSON kept for replay (the newest event always stays).
+        queue_size: live events a subscriber may have pending before it is cut off; past a
+            half of it, its pending interims are coalesced.
+        max_lag_s: a subscriber whose oldest pending event is older than this is cut off.
     """
 
-    def __init__(self, session_id: str, *, ring_size: int, queue_size: int) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        ring_events: int,
+        ring_bytes: int,
+        queue_size: int,
+        max_lag_s: float = 30.0,
+    ) -> None:
         self.session_id = session_id
-        self._ring: deque[Record] = deque(maxlen=ring_size)
+        self._ring: deque[Record] = deque()
+        self._ring_events = ring_events
+        self._ring_bytes = ring_bytes
+        self._bytes = 0
         self._queue_size = queue_size
+        self._max_lag_s = max_lag_s
         self._subscribers: set[Subscription] = set()
         self._last_seq = 0
-        self._closed = False
+        self.closed = False
+        """True once ``session_end`` is published."""
 
     @property
     def last_seq(self) -> int:
         """``seq`` of the newest event; 0 before the first."""
         return self._last_seq
+
+    @property
+    def first_held_seq(self) -> int:
+        """``seq`` of the oldest event the ring holds (``last_seq + 1`` when empty)."""
+        return self._ring[0].seq if self._ring and self._ring[0].seq else self._last_seq + 1
+
+    @property
+    def ring_size(self) -> tuple[int, int]:
+        """(events, bytes) held for replay."""
+        return len(self._ring), self._bytes
 
     @property
     def subscriber_count(self) -> int:
@@ -126,32 +209,45 @@ class EventLog:
         Raises:
             RuntimeError: the log is closed (``session_end`` was already published).
         """
-        if self._closed:
+        if self.closed:
             raise RuntimeError(f"event log of session {self.session_id} is closed")
         self._last_seq += 1
         event = make_event(data, seq=self._last_seq, session_id=self.session_id)
         record = Record(self._last_seq, event.event_type, event.model_dump_json(exclude_none=True))
         self._ring.append(record)
+        self._bytes += len(record.json)
+        while len(self._ring) > 1 and (
+            len(self._ring) > self._ring_events or self._bytes > self._ring_bytes
+        ):
+            self._bytes -= len(self._ring.popleft().json)
         if record.event_type == SESSION_END:
-            self._closed = True
+            self.closed = True
+        now = time.monotonic()
         for sub in list(self._subscribers):
-            if not sub._offer(record):
+            if not sub._offer(record, now):
                 self._drop_slow(sub)
         return record
 
     def subscribe(self, since: int | None = None) -> Subscription:
         """A subscription to every event after ``since`` that the ring still holds, then live.
 
-        ``since=None`` starts at the oldest event still held. A ``since`` older than the
-        ring is served from the oldest held event on.
+        ``since=None`` starts at the oldest event held. A ``since`` older than the ring starts
+        with a ``replay_gap`` error (no seq) naming the first seq that follows.
         """
+        first = self.first_held_seq
         start = 0 if since is None else since
-        first_held = self._ring[0].seq if self._ring else self._last_seq + 1
-        assert first_held is not None
-        skip = max(0, start - first_held + 1)
-        backlog = list(itertools.islice(self._ring, skip, None))
-        sub = Subscription(self, backlog, self._queue_size)
-        if not self._closed:
+        backlog = list(itertools.islice(self._ring, max(0, start - first + 1), None))
+        if since is not None and since + 1 < first:
+            gap = self._error(
+                "replay_gap",
+                f"events {since + 1}–{first - 1} are no longer held; replay starts at "
+                f"{first} (every final is in GET /sessions/{self.session_id}/transcript)",
+            )
+            backlog.insert(0, gap)
+        sub = Subscription(
+            self, backlog, self._queue_size, max(1, self._queue_size // 2), self._max_lag_s
+        )
+        if not self.closed:
             self._subscribers.add(sub)
         return sub
 
@@ -160,13 +256,17 @@ class EventLog:
 
     def _drop_slow(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
-        error = make_event(
-            ErrorData(
-                code="slow_consumer",
-                message=f"this subscriber fell {self._queue_size} events behind and was cut "
-                f"off; reconnect with the last seq it received to resume",
-            ),
-            seq=None,
-            session_id=self.session_id,
+        sub._cut_off(
+            self._error(
+                "slow_consumer",
+                f"this subscriber fell {self._queue_size} events behind and was cut off; "
+                f"reconnect with the last seq it received to resume",
+            )
         )
-        sub._cut_off(Record(None, "error", error.model_dump_json(exclude_none=True)))
+
+    def _error(self, code: str, message: str) -> Record:
+        """An ``error`` record for one subscriber only: not in the log, no seq."""
+        event = make_event(
+            ErrorData(code=code, message=message), seq=None, session_id=self.session_id
+        )
+        return Record(None, "error", event.model_dump_json(exclude_none=True))

@@ -68,9 +68,12 @@ class SessionRegistry:
             resolved,
             provider.create(resolved),
             max_chunk_bytes=s.max_chunk_bytes,
-            ring_size=s.replay_events,
+            ring_events=s.replay_events,
+            ring_bytes=s.replay_bytes,
             queue_size=s.subscriber_queue,
+            max_lag_s=s.subscriber_max_lag_s,
             close_timeout_s=s.close_timeout_s,
+            idle_timeout_s=s.idle_timeout_s,
             on_closed=self._closed,
         )
         self._live += 1

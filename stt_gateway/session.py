@@ -36,8 +36,11 @@ class Session:
         config: its resolved config (every default filled in).
         engine: a not yet started engine for it.
         max_chunk_bytes: the largest audio chunk :meth:`feed` takes.
-        ring_size, queue_size: see :class:`~stt_gateway.eventlog.EventLog`.
+        ring_events, ring_bytes, queue_size, max_lag_s: see
+            :class:`~stt_gateway.eventlog.EventLog`.
         close_timeout_s: longest wait (s) for the engine's last results on close.
+        idle_timeout_s: with no audio and no subscriber this long (s), the session ends
+            with reason ``idle_timeout``.
         on_closed: called once, after ``session_end`` is published.
     """
 
@@ -48,9 +51,12 @@ class Session:
         engine: Engine,
         *,
         max_chunk_bytes: int,
-        ring_size: int,
+        ring_events: int,
+        ring_bytes: int,
         queue_size: int,
+        max_lag_s: float,
         close_timeout_s: float,
+        idle_timeout_s: float,
         on_closed: Callable[[Session], None] = lambda _s: None,
     ) -> None:
         self.id = session_id
@@ -60,7 +66,16 @@ class Session:
         self._max_chunk_bytes = max_chunk_bytes
         self._close_timeout_s = close_timeout_s
         self._on_closed = on_closed
-        self._log = EventLog(session_id, ring_size=ring_size, queue_size=queue_size)
+        self._log = EventLog(
+            session_id,
+            ring_events=ring_events,
+            ring_bytes=ring_bytes,
+            queue_size=queue_size,
+            max_lag_s=max_lag_s,
+        )
+        self._idle_timeout_s = idle_timeout_s
+        self._last_activity = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._state: SessionState = "created"
         self._audio_bytes = 0
         self._finals: list[FinalData] = []
@@ -77,10 +92,16 @@ class Session:
         """
         await self._engine.start()
         self._pump = asyncio.create_task(self._run_pump(), name=f"session-{self.id}-pump")
+        self._arm_idle_timer(self._idle_timeout_s)
 
     @property
     def state(self) -> SessionState:
         return self._state
+
+    @property
+    def last_seq(self) -> int:
+        """``seq`` of the newest event; 0 before the first."""
+        return self._log.last_seq
 
     @property
     def audio_seconds(self) -> float:
@@ -102,6 +123,7 @@ class Session:
         if self._state == "created":
             self._state = "streaming"
         self._audio_bytes += len(pcm)
+        self._last_activity = time.monotonic()  # read by the idle timer; no per-frame timer work
         await self._engine.feed(pcm)
 
     async def finalize(self) -> None:
@@ -127,7 +149,26 @@ class Session:
         # Shielded: a client that hangs up mid-close must not cancel the close itself.
         return await asyncio.shield(self._closing)
 
+    def _arm_idle_timer(self, delay_s: float) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_later(delay_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Fires at the idle deadline; re-arms itself while audio came or someone listens."""
+        if self._closing is not None:
+            return
+        idle_for = time.monotonic() - self._last_activity
+        if self._log.subscriber_count:
+            self._last_activity = time.monotonic()
+            idle_for = 0.0
+        if idle_for < self._idle_timeout_s:
+            self._arm_idle_timer(self._idle_timeout_s - idle_for)
+            return
+        self._state = "closing"
+        self._closing = asyncio.create_task(self._close("idle_timeout"))
+
     async def _close(self, reason: str) -> Transcript:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         pump = self._pump
         if pump is not None:
             try:

@@ -37,14 +37,41 @@ class Settings(BaseSettings):
     replay_events: int = Field(
         10_000, ge=1, description="events kept per session for resume (Last-Event-ID / since)"
     )
+    replay_bytes: int = Field(
+        8 * 1024 * 1024, ge=1, description="bytes of event JSON kept per session for resume"
+    )
     subscriber_queue: int = Field(
         1_000, ge=1, description="events buffered per subscriber before it counts as too slow"
+    )
+    subscriber_max_lag_s: float = Field(
+        30.0,
+        gt=0,
+        description="a subscriber whose oldest undelivered event is older than this "
+        "is cut off (slow_consumer)",
+    )
+    subscriber_send_buffer: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="bytes a subscriber's socket and transport may each "
+        "hold unsent before its events queue up",
+    )
+    subscriber_stall_s: float = Field(
+        30.0,
+        gt=0,
+        description="an SSE write blocked this long aborts that subscriber's "
+        "connection (a dead or frozen peer)",
     )
     heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat event interval")
     ws_ping_s: float = Field(
         20.0, gt=0, description="WebSocket ping interval; aiohttp drops a peer whose pong is late"
     )
     sse_retry_ms: int = Field(1000, ge=0, description="SSE `retry:` sent to browsers")
+    idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="a session with no audio and no subscriber this long ends "
+        "(session_end reason idle_timeout)",
+    )
     retention_s: float = Field(
         300.0, ge=0, description="how long a closed session stays readable before removal"
     )

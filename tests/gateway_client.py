@@ -127,3 +127,16 @@ async def transcribe_ws(
     await ws.send_json({"type": "close"})
     await asyncio.wait_for(reader, 120)
     return received
+
+
+async def wait_for_audio(
+    http: aiohttp.ClientSession, base: str, session_id: str, seconds: float
+) -> None:
+    """Wait until the gateway has taken ``seconds`` of a session's audio: WS frames still in
+    flight on one connection can be overtaken by a DELETE on another."""
+    async with asyncio.timeout(30):
+        while True:
+            async with http.get(f"{base}/sessions/{session_id}") as resp:
+                if (await resp.json())["audio_seconds"] >= seconds - 1e-3:
+                    return
+            await asyncio.sleep(0.01)

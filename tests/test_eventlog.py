@@ -8,7 +8,17 @@ import json
 import pytest
 
 from stt_gateway.eventlog import EventLog, Record, Subscription
-from stt_gateway.events import EVENT_ADAPTER, SessionEndData, SpeechStartData
+from stt_gateway.events import (
+    EVENT_ADAPTER,
+    FinalData,
+    SessionEndData,
+    SpeechStartData,
+    TokenData,
+)
+
+
+def make_log(ring_events: int = 100, ring_bytes: int = 10**6, queue_size: int = 100) -> EventLog:
+    return EventLog("s1", ring_events=ring_events, ring_bytes=ring_bytes, queue_size=queue_size)
 
 
 def publish(log: EventLog, n: int) -> None:
@@ -21,7 +31,7 @@ async def drain(sub: Subscription) -> list[Record]:
 
 
 async def test_seq_counts_from_one_and_every_subscriber_gets_the_same_json() -> None:
-    log = EventLog("s1", ring_size=100, queue_size=100)
+    log = make_log()
     a, b = log.subscribe(), log.subscribe()
     publish(log, 3)
     log.publish(SessionEndData(reason="client_closed", audio_seconds=1.0))
@@ -34,7 +44,7 @@ async def test_seq_counts_from_one_and_every_subscriber_gets_the_same_json() -> 
 
 
 async def test_subscribe_since_replays_the_rest_then_goes_live_without_gap_or_duplicate() -> None:
-    log = EventLog("s1", ring_size=100, queue_size=100)
+    log = make_log()
     publish(log, 5)
     sub = log.subscribe(since=3)
     publish(log, 2)
@@ -43,7 +53,7 @@ async def test_subscribe_since_replays_the_rest_then_goes_live_without_gap_or_du
 
 
 async def test_subscribe_starts_at_the_oldest_event_the_ring_holds() -> None:
-    log = EventLog("s1", ring_size=4, queue_size=100)
+    log = make_log(ring_events=4)
     publish(log, 10)
     assert [r.seq for r in log.subscribe()._backlog] == [7, 8, 9, 10]
     assert [r.seq for r in log.subscribe(since=8)._backlog] == [9, 10]
@@ -51,7 +61,7 @@ async def test_subscribe_starts_at_the_oldest_event_the_ring_holds() -> None:
 
 
 async def test_a_subscriber_that_falls_behind_is_cut_off_and_the_others_are_not() -> None:
-    log = EventLog("s1", ring_size=100, queue_size=3)
+    log = make_log(queue_size=3)
     slow, fast = log.subscribe(), log.subscribe()
     received: list[int | None] = []
     for _ in range(6):
@@ -67,7 +77,7 @@ async def test_a_subscriber_that_falls_behind_is_cut_off_and_the_others_are_not(
 
 
 async def test_a_reader_waiting_on_an_empty_queue_wakes_for_a_new_event() -> None:
-    log = EventLog("s1", ring_size=100, queue_size=10)
+    log = make_log(queue_size=10)
     sub = log.subscribe()
     waiter = asyncio.create_task(sub.next())
     await asyncio.sleep(0)
@@ -76,7 +86,7 @@ async def test_a_reader_waiting_on_an_empty_queue_wakes_for_a_new_event() -> Non
 
 
 async def test_after_session_end_new_subscribers_get_the_replay_and_stop() -> None:
-    log = EventLog("s1", ring_size=100, queue_size=10)
+    log = make_log(queue_size=10)
     publish(log, 2)
     log.publish(SessionEndData(reason="client_closed", audio_seconds=0.0))
     assert [r.event_type for r in await drain(log.subscribe())] == [
@@ -86,3 +96,58 @@ async def test_after_session_end_new_subscribers_get_the_replay_and_stop() -> No
     ]
     with pytest.raises(RuntimeError):
         publish(log, 1)
+
+
+def token(text: str) -> TokenData:
+    return TokenData(text=text, confidence=0.0, start=0.0, end=1.0)
+
+
+async def test_a_lagging_subscriber_gets_interims_coalesced_but_every_final() -> None:
+    log = make_log(queue_size=5)  # coalesces past 2 pending
+    lagging, keeping_up = log.subscribe(), log.subscribe()
+    seen: list[int | None] = []
+    for i in range(10):
+        log.publish(token(f"t{i}"))
+        seen.append((await keeping_up.next()).seq)
+    log.publish(FinalData(text="t9", confidence=1.0, start=0, end=1, words=[], speech_final=True))
+    log.publish(token("next"))
+    log.publish(SessionEndData(reason="client_closed", audio_seconds=1.0))
+    got = await drain(lagging)
+    assert [json.loads(r.json)["data"].get("text") for r in got] == ["t0", "t9", "t9", "next", None]
+    assert lagging.coalesced == 8
+    assert seen == list(range(1, 11))  # the one keeping up got every interim
+
+
+async def test_resume_from_a_seq_the_ring_dropped_starts_with_replay_gap() -> None:
+    log = make_log(ring_events=4)
+    publish(log, 10)
+    got = log.subscribe(since=2)._backlog
+    gap = json.loads(got[0].json)
+    assert (got[0].seq, gap["data"]["code"]) == (None, "replay_gap")
+    assert "replay starts at 7" in gap["data"]["message"]
+    assert [r.seq for r in list(got)[1:]] == [7, 8, 9, 10]
+    assert [r.seq for r in log.subscribe(since=6)._backlog] == [7, 8, 9, 10]
+
+
+async def test_the_ring_is_bounded_in_bytes_too() -> None:
+    one = len(make_event_json())
+    log = make_log(ring_events=1000, ring_bytes=5 * one)
+    publish(log, 20)
+    events, size = log.ring_size
+    assert 4 <= events <= 5  # event sizes differ by a few bytes (digits of seq and time)
+    assert size <= 5 * one
+    assert log.first_held_seq == 20 - events + 1
+
+
+async def test_resuming_a_finished_session_at_its_end_ends_at_once() -> None:
+    log = make_log()
+    publish(log, 2)
+    log.publish(SessionEndData(reason="client_closed", audio_seconds=0.0))
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(log.subscribe(since=3).next(), 1)
+
+
+def make_event_json() -> str:
+    log = make_log()
+    log.publish(SpeechStartData(timestamp=0.0))
+    return log.subscribe()._backlog[0].json

@@ -20,6 +20,7 @@ from tests.gateway_client import (
     follow_ws,
     frames,
     paced,
+    wait_for_audio,
 )
 
 SPEED = 2.0
@@ -46,7 +47,10 @@ async def send_ws(http: aiohttp.ClientSession, url: str, clip: Clip, into: Recei
     async for frame in paced(frames(clip.pcm, clip.sample_rate), FRAME_MS / 1000, SPEED):
         await producer.send_bytes(frame)
     sent = time.monotonic()
-    async with http.delete(url.replace("ws://", "http://").removesuffix("/ws")) as resp:
+    sid = url.rsplit("/", 2)[-2]
+    base = url.replace("ws://", "http://").removesuffix(f"/sessions/{sid}/ws")
+    await wait_for_audio(http, base, sid, clip.seconds)
+    async with http.delete(f"{base}/sessions/{sid}") as resp:
         assert resp.status == 200
     await asyncio.wait_for(reader, 60)  # the gateway closes the socket after session_end
     return sent

@@ -14,7 +14,7 @@ import enum
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
-from ..events import EngineResult
+from ..events import EngineResult, TokenData
 from .base import Engine
 
 if TYPE_CHECKING:
@@ -111,7 +111,20 @@ class PooledEngine(Engine):
                     for result in await stream.close():
                         yield result
                     return
-                for result in results:
+                for result in _newest_interims(results):
                     yield result
         finally:
             stream.discard()  # no-op after a clean close
+
+
+def _newest_interims(results: list[EngineResult]) -> list[EngineResult]:
+    """Drop each interim that the next result in the same batch supersedes.
+
+    A stream that fell behind gets its audio back in one batch, and with it a run of interims
+    for the same instant; only the newest says anything a reader can still use.
+    """
+    return [
+        r
+        for i, r in enumerate(results)
+        if not (type(r) is TokenData and i + 1 < len(results) and type(results[i + 1]) is TokenData)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -69,6 +70,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def session_of(request: web.Request) -> Session:
     """The session named by the ``{id}`` path segment. Raises SessionNotFound."""
     return request.app[REGISTRY].get(request.match_info["id"])
+
+
+def bound_send_buffer(request: web.Request, size: int) -> None:
+    """Cap what one subscriber connection may hold unsent: the kernel's send buffer
+    (``SO_SNDBUF``, which also stops its autotuning up to 4 MB) and the transport's write
+    buffer. A reader that stops reading then blocks its writer after ~3×``size`` bytes, its
+    event queue fills and it is cut off (``slow_consumer``) instead of holding megabytes."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    transport.set_write_buffer_limits(high=size)
 
 
 def int_param(value: str | None, name: str) -> int | None:

@@ -3,7 +3,8 @@
 Each event is ``id: <seq>`` + ``data: <json>`` with no ``event:`` line, so a browser's
 ``EventSource.onmessage`` sees every event. Resume: the ``Last-Event-ID`` header (what
 ``EventSource`` sends by itself on reconnect) or ``?last_event_id=``. While idle, a ``heartbeat``
-event (no ``id``) goes out every ``heartbeat_s``. The stream ends after ``session_end``.
+event (no ``id``) goes out every ``heartbeat_s``. The stream ends after ``session_end``; a
+reconnect after that gets ``204``, which stops a browser's automatic reconnects.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiohttp_sse import EventSourceResponse
 
 from ..eventlog import Record
 from ..events import HeartbeatData, make_event
-from .common import SETTINGS, int_param, session_of
+from .common import SETTINGS, bound_send_buffer, int_param, session_of
 
 routes = web.RouteTableDef()
 
@@ -29,7 +30,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id"),
         "Last-Event-ID",
     )
-    resp = EventSourceResponse()
+    if session.state == "closed" and since is not None and since >= session.last_seq:
+        # Nothing left after the client's last event: 204 tells EventSource to stop
+        # reconnecting (WHATWG HTML, server-sent events §9.2.3).
+        return web.Response(status=204)
+    resp = EventSourceResponse(send_timeout=settings.subscriber_stall_s)
+    bound_send_buffer(request, settings.subscriber_send_buffer)
     await resp.prepare(request)
     sub = session.subscribe(since)
     try:
@@ -48,8 +54,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await resp.send(beat.model_dump_json(exclude_none=True))
             else:
                 await resp.send(record.json, id=None if record.seq is None else str(record.seq))
-    except ConnectionResetError:
-        pass  # the subscriber left; it may come back with Last-Event-ID
+    except (ConnectionError, TimeoutError):
+        pass  # the subscriber left or froze (aiohttp-sse aborted it); it may resume
     finally:
         sub.close()
         resp.stop_streaming()

@@ -18,7 +18,7 @@ from ..errors import BadControlMessage, GatewayError
 from ..eventlog import Subscription
 from ..models import ControlMessage
 from ..session import Session
-from .common import SETTINGS, int_param, session_of, validation_message
+from .common import SETTINGS, bound_send_buffer, int_param, session_of, validation_message
 
 routes = web.RouteTableDef()
 
@@ -34,6 +34,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_ping_s, max_msg_size=4 * settings.max_chunk_bytes
     )
+    bound_send_buffer(request, settings.subscriber_send_buffer)
     await ws.prepare(request)
     sub = session.subscribe(since)
     writer = asyncio.create_task(_send_events(ws, sub), name=f"ws-out-{session.id}")
@@ -80,5 +81,5 @@ async def _send_events(ws: web.WebSocketResponse, sub: Subscription) -> None:
         async for record in sub:
             await ws.send_str(record.json)
         await ws.close(message=b"session ended")
-    except ConnectionResetError:
+    except ConnectionError:
         pass  # the peer left; the reader loop ends too

@@ -1,0 +1,144 @@
+"""Sessions outlive their connections: resume without loss, producers that reconnect, idle
+sessions that end by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import aiohttp
+
+from tests.audio_files import clip, clips
+from tests.conftest import Gateway, StartGateway, direct_finals
+from tests.gateway_client import Received, create_session, follow_sse, frames, paced, wait_for_audio
+
+KILLS = 200
+
+
+async def read_some_sse(
+    http: aiohttp.ClientSession, url: str, last: int, into: list[Any], linger_s: float
+) -> None:
+    """Resume with Last-Event-ID, take events for ``linger_s``, then hang up mid-stream."""
+    headers = {"Last-Event-ID": str(last)} if last else {}
+    try:
+        async with asyncio.timeout(linger_s), http.get(url, headers=headers) as resp:
+            if resp.status == 204:
+                return
+            data: list[str] = []
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    into.append(json.loads("\n".join(data)))
+                    data = []
+    except TimeoutError:
+        pass
+
+
+async def read_some_ws(
+    http: aiohttp.ClientSession, url: str, last: int, into: list[Any], linger_s: float
+) -> None:
+    """Resume with ?since=, take events for ``linger_s``, then drop the socket."""
+    ws = await http.ws_connect(f"{url}?since={last}")
+    try:
+        async with asyncio.timeout(linger_s):
+            async for msg in ws:
+                into.append(json.loads(msg.data))
+    except TimeoutError:
+        pass
+    finally:
+        ws._response.connection.transport.abort()  # type: ignore[union-attr]  # a real drop
+        await ws.close()
+
+
+async def test_a_subscriber_killed_200_times_and_resumed_gets_the_whole_log_once(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    session = await create_session(http, gateway.base)
+    rng = random.Random(20261124)
+
+    async def produce() -> None:
+        for c in clips():
+            async for chunk in paced(frames(c.pcm, 16_000, 100), 0.1, 4.0):
+                async with http.post(
+                    session["audio_url"],
+                    data=chunk,
+                    headers={"Content-Type": "application/octet-stream"},
+                ):
+                    pass
+        async with http.delete(f"{gateway.base}/sessions/{session['session_id']}"):
+            pass
+
+    producer = asyncio.create_task(produce())
+    received: list[dict[str, Any]] = []
+    kills = 0
+    while not received or received[-1]["event_type"] != "session_end":
+        last = max((e["seq"] for e in received if "seq" in e), default=0)
+        linger = rng.uniform(0.0, 0.03) if kills < KILLS else 5.0
+        if kills % 2:
+            await read_some_ws(http, session["ws_url"], last, received, linger)
+        else:
+            await read_some_sse(http, session["stream_url"], last, received, linger)
+        kills += 1
+    await producer
+
+    full = Received()
+    await follow_sse(http, session["stream_url"], full)
+    seqs = [e["seq"] for e in received if "seq" in e]
+    print(f"\n{kills} connections, {len(seqs)} events received, log has {len(full.seqs)}")
+    assert kills > KILLS
+    assert seqs == list(range(1, len(full.seqs) + 1))  # 0 lost, 0 duplicated, in order
+    assert [e for e in received if "seq" in e] == full.logged
+
+
+async def test_producer_socket_dropped_and_reopened_mid_file_changes_nothing(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    c = clip("librivox-sns-0870")
+    session = await create_session(http, gateway.base)
+    sid = session["session_id"]
+    parts = frames(c.pcm, 16_000)
+    half = len(parts) // 2
+    for attempt, part in enumerate((parts[:half], parts[half:])):
+        ws = await http.ws_connect(session["ws_url"] + "?since=999999")
+        for frame in part:
+            await ws.send_bytes(frame)
+        await wait_for_audio(
+            http, gateway.base, sid, len(b"".join(parts[: half * (attempt + 1)])) / 32_000
+        )
+        if attempt == 0:
+            # The gateway has every byte: cut the socket as a network would.
+            ws._response.connection.transport.abort()  # type: ignore[union-attr]
+            await ws.close()
+    async with http.delete(f"{gateway.base}/sessions/{sid}") as resp:
+        transcript = (await resp.json())["transcript"]
+    await ws.close()
+    assert transcript == " ".join(f.text for f in direct_finals(c))
+
+
+async def test_an_idle_session_ends_and_a_followed_one_does_not(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(idle_timeout_s=0.3, retention_s=1.0)
+    idle = await create_session(http, gw.base)
+    followed = await create_session(http, gw.base)
+    watcher = await http.ws_connect(followed["ws_url"])
+    await asyncio.sleep(0.8)
+    async with http.get(f"{gw.base}/sessions/{idle['session_id']}") as resp:
+        assert (await resp.json())["state"] == "closed"
+    ended = Received()
+    await follow_sse(http, idle["stream_url"], ended)
+    assert ended.logged[-1]["data"]["reason"] == "idle_timeout"
+    async with http.get(f"{gw.base}/sessions/{followed['session_id']}") as resp:
+        assert (await resp.json())["state"] == "created"
+    await watcher.close()
+    await asyncio.sleep(0.7)  # idle is judged within 2 x idle_timeout_s of the last activity
+    watched = Received()
+    await follow_sse(http, followed["stream_url"], watched)
+    assert watched.logged[-1]["data"]["reason"] == "idle_timeout"
+    await asyncio.sleep(1.2)  # past retention: the session is gone
+    async with http.get(f"{gw.base}/sessions/{idle['session_id']}") as resp:
+        assert resp.status == 404
