@@ -20,7 +20,8 @@
         └── UpstreamError        upstream_*           502/503 error event (Deepgram)
 
 Codes that only ever arrive as ``error`` events, never as exceptions: ``slow_consumer`` (a
-subscriber fell too far behind and was cut off; it may resume from its last seq),
+subscriber fell too far behind and was cut off; it may resume from its last seq), ``replay_gap``
+(a resume asked for events the replay ring no longer holds; the message names the first seq),
 ``engine_timeout`` (the engine did not flush its last results within ``close_timeout_s``),
 ``upstream_reconnecting`` and ``upstream_reconnected`` (with ``gap_ms``).
 

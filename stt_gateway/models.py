@@ -64,6 +64,8 @@ class SessionInfo(BaseModel):
     audio_seconds: float = Field(description="s of audio received so far")
     subscribers: int
     last_seq: int = Field(description="seq of the newest event; 0 before the first")
+    replay_events: int = Field(description="events held for resume")
+    replay_bytes: int = Field(description="bytes of event JSON held for resume")
     config: SessionConfig
     request_id: str | None = Field(
         None, description="the upstream service's id for this stream (Deepgram request_id)"

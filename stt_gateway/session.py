@@ -254,6 +254,8 @@ class Session:
             audio_seconds=round(self.audio_seconds, 3),
             subscribers=self._log.subscriber_count,
             last_seq=self._log.last_seq,
+            replay_events=self._log.ring_size[0],
+            replay_bytes=self._log.ring_size[1],
             config=self.config,
             request_id=self._engine.upstream_id(),
         )

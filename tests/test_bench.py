@@ -23,3 +23,26 @@ def test_deepgram_overhead_bench_prints_its_table_and_json() -> None:
     assert [r["path"] for r in result["rows"]] == ["direct to fake", "through gateway"]
     assert all(r["n"] > 0 for r in result["rows"])
     assert "gateway added: p50" in done.stdout
+
+
+def test_ring_memory_bench_prints_its_series() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/ring_memory.py",
+            "--minutes",
+            "0.2",
+            "--every",
+            "1",
+            "--ring-events",
+            "20",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["series"]
+    assert "RSS" in done.stdout

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.audio_files import clips, wer
-from tests.conftest import Gateway
-from tests.gateway_client import create_session
+from tests.audio_files import clip, clips, wer
+from tests.conftest import Gateway, StartGateway
+from tests.gateway_client import create_session, frames, paced
+from tests.tcp_proxy import CuttableProxy
 
 CHROMIUM = shutil.which("chromium")
 QUIET = [  # this machine's network is closed: no background calls home
@@ -179,3 +180,50 @@ async def test_follow_view_shows_a_finished_sessions_transcript(
     await page.goto(f"{gateway.base}/?follow={session['session_id']}")
     await ended(page)
     assert await page.text_content("#finals") == transcript
+
+
+async def test_browser_eventsource_reconnects_by_itself_after_the_stream_breaks(
+    start_gateway: StartGateway, launch: Launch
+) -> None:
+    import aiohttp
+
+    gw = await start_gateway(sse_retry_ms=200)
+    proxy = CuttableProxy(int(gw.base.rsplit(":", 1)[1]))
+    await proxy.start()
+    c = clip("librivox-sns-0870")
+    async with aiohttp.ClientSession() as http:
+        session = await create_session(http, gw.base)
+        page = await (await launch()).new_page()
+        # The follow view's EventSource goes through the proxy; audio goes straight in.
+        await page.goto(f"http://127.0.0.1:{proxy.port}/?follow={session['session_id']}")
+        await page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('Waiting')"
+        )
+        cuts = 0
+        chunks = frames(c.pcm, 16_000, 100)
+        async for i, chunk in _enumerate(paced(chunks, 0.1, 2.0)):
+            async with http.post(
+                session["audio_url"],
+                data=chunk,
+                headers={"Content-Type": "application/octet-stream"},
+            ):
+                pass
+            if i in (20, 45):  # mid-utterance, twice
+                cuts += proxy.cut()
+        async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
+            transcript = (await resp.json())["transcript"]
+        await ended(page)
+    await proxy.close()
+    resumed = [r for r in proxy.requests if b"last-event-id:" in r.lower()]
+    print(f"\n{cuts} connections cut; {len(resumed)} reconnects carried Last-Event-ID")
+    assert cuts >= 2
+    assert len(resumed) >= 2
+    assert await page.text_content("#finals") == transcript
+    assert transcript
+
+
+async def _enumerate(items: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:
+    i = 0
+    async for item in items:
+        yield i, item
+        i += 1
