@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_s, free_port, wait_up  # noqa: E402
 from tests.audio_files import clip  # noqa: E402
 from tests.fakes.deepgram import FakeDeepgram  # noqa: E402
 
@@ -44,35 +44,10 @@ FRAME_BYTES = int(RATE * FRAME_S) * 2
 CLIP = clip("librivox-sns-0870")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def serve_fake(port: int) -> None:
     fake = FakeDeepgram(api_keys=frozenset({KEY}), interim_interval_ms=20, inactivity_timeout_s=60)
     fake.add_clip(CLIP.pcm, CLIP.reference)
     web.run_app(fake.app(), host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def one_stream(

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, rss_mb, wait_up  # noqa: E402
 from tests.audio_files import clip  # noqa: E402
 
 FRAME_BYTES = 640 * 5  # 100 ms
 CLIP = clip("librivox-sns-0870")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def drain_sse(http: aiohttp.ClientSession, url: str) -> None:
@@ -48,7 +41,8 @@ async def run(
     base: str, pid: int, minutes: float, speed: float, every_s: float
 ) -> list[dict[str, float]]:
     series: list[dict[str, float]] = []
-    async with aiohttp.ClientSession() as http:
+    # No total time limit: a 30-minute session outlives aiohttp's 5-minute default.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
         async with http.post(f"{base}/sessions", json={"config": {}}) as resp:
             session = await resp.json()
         sid = session["session_id"]
@@ -115,17 +109,6 @@ async def drain_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url):
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="audio to stream")
@@ -133,9 +116,7 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=6.0, help="× real time")
     parser.add_argument("--every", type=float, default=15.0, help="report interval (s)")
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = os.environ | {
         "STT_GATEWAY_REPLAY_EVENTS": str(args.ring_events),
         "STT_GATEWAY_LOG_LEVEL": "WARNING",
