@@ -12,7 +12,15 @@ import aiohttp
 
 from tests.audio_files import clip, clips
 from tests.conftest import Gateway, StartGateway, direct_finals
-from tests.gateway_client import Received, create_session, follow_sse, frames, paced, wait_for_audio
+from tests.gateway_client import (
+    Received,
+    create_session,
+    follow_sse,
+    follow_ws,
+    frames,
+    paced,
+    wait_for_audio,
+)
 
 KILLS = 200
 
@@ -142,3 +150,22 @@ async def test_an_idle_session_ends_and_a_followed_one_does_not(
     await asyncio.sleep(1.2)  # past retention: the session is gone
     async with http.get(f"{gw.base}/sessions/{idle['session_id']}") as resp:
         assert resp.status == 404
+
+
+async def test_a_websocket_peer_that_stops_answering_pings_is_dropped(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(ws_ping_s=0.2)
+    session = await create_session(http, gw.base)
+    dead = await http.ws_connect(session["ws_url"], autoping=False)  # never answers a ping
+    alive = await http.ws_connect(session["ws_url"])
+    reader = asyncio.create_task(follow_ws(alive, Received()))
+    async with asyncio.timeout(5):
+        while (msg := await dead.receive()).type == aiohttp.WSMsgType.PING:
+            pass  # read the pings, answer none
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    await asyncio.sleep(0.6)
+    async with http.get(f"{gw.base}/sessions/{session['session_id']}") as resp:
+        assert (await resp.json())["subscribers"] == 1  # the live one stays
+    await alive.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 10)
