@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import shutil
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ QUIET = [  # this machine's network is closed: no background calls home
 ]
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 GAP_S = 1.0
+OFFSETS_MS = (0, 4, 8, 12, 16, 20, 24, 28)
 
 Launch = Callable[..., Awaitable[Browser]]
 
@@ -77,10 +81,6 @@ async def ended(page: Page) -> None:
 async def test_mic_page_transcribes_speech_like_the_engine_and_a_follower_sees_the_same(
     gateway: Gateway, launch: Launch, speech: tuple[Path, bytes, str]
 ) -> None:
-    from stt_gateway.engines.local import LocalEngineProvider
-    from stt_gateway.events import FinalData
-    from stt_gateway.models import SessionConfig
-
     wav, pcm, reference = speech
     browser = await launch(*FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
     page = await open_page(browser, gateway.base + "/")
@@ -107,13 +107,34 @@ async def test_mic_page_transcribes_speech_like_the_engine_and_a_follower_sees_t
     assert followed == on_page
     assert "ms after speech onset" in ((await page.text_content("#ttft")) or "")
 
-    recognizer = LocalEngineProvider.spec(SessionConfig()).build()
-    direct = " ".join(
-        r.text for r in recognizer.process(pcm) + recognizer.close() if isinstance(r, FinalData)
+    # pocketsphinx's output moves with a shift of the audio smaller than one 32 ms window
+    # (WER 0.267-0.36 on this file for 0-300 ms of leading silence, measured), and where the
+    # browser's capture starts relative to the file is not the page's to choose: so the page
+    # is held to the engine fed the file directly at 8 sub-window offsets, ±2 points.
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        direct = await asyncio.gather(
+            *(loop.run_in_executor(pool, engine_wer, pcm, reference, ms) for ms in OFFSETS_MS)
+        )
+    page_wer = wer(reference, on_page)
+    status = await page.text_content("#status")
+    print(
+        f"\nmic page WER {page_wer:.3f}; engine fed the file directly, by leading offset: "
+        + ", ".join(f"{ms} ms {w:.3f}" for ms, w in zip(OFFSETS_MS, direct, strict=True))
+        + f"; {status}"
     )
-    page_wer, direct_wer = wer(reference, on_page), wer(reference, direct)
-    print(f"\nmic page WER {page_wer:.3f}, engine fed the file directly {direct_wer:.3f}")
-    assert abs(page_wer - direct_wer) <= 0.02
+    assert min(direct) - 0.02 <= page_wer <= max(direct) + 0.02
+
+
+def engine_wer(pcm: bytes, reference: str, offset_ms: int) -> float:
+    """WER of the local engine fed ``pcm`` whole, after ``offset_ms`` of silence."""
+    from stt_gateway.engines.local import LocalEngineProvider
+    from stt_gateway.events import FinalData
+    from stt_gateway.models import SessionConfig
+
+    recognizer = LocalEngineProvider.spec(SessionConfig()).build()
+    results = recognizer.process(b"\0\0" * 16 * offset_ms + pcm) + recognizer.close()
+    return wer(reference, " ".join(r.text for r in results if isinstance(r, FinalData)))
 
 
 async def test_mic_page_in_an_insecure_context_says_why_and_how_to_fix_it(
