@@ -11,10 +11,11 @@ from .engines.base import EngineProvider
 from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
 from .engines.workers import WorkerPool
+from .metrics import GatewayMetrics
 from .registry import SessionRegistry
 from .settings import Settings
 from .transports import info, rest, sse, ws
-from .transports.common import REGISTRY, SETTINGS, WORKERS, error_middleware
+from .transports.common import METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,13 @@ def create_app(
     )
     workers = WorkerPool(settings.engine_processes)
     engines = (providers or _default_providers(settings))(workers)
+    metrics = GatewayMetrics()
+    registry = SessionRegistry(settings, engines, metrics)
+    metrics.watch(registry)
     app[SETTINGS] = settings
     app[WORKERS] = workers
-    app[REGISTRY] = SessionRegistry(settings, engines)
+    app[METRICS] = metrics
+    app[REGISTRY] = registry
     for module in (rest, sse, ws, info):
         app.add_routes(module.routes)
     app[info.STATIC_DIR] = info.find_static_dir()

@@ -22,8 +22,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .events import ErrorData, EventData, make_event
+
+if TYPE_CHECKING:
+    from .session import SessionObserver
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,7 @@ class EventLog:
         queue_size: live events a subscriber may have pending before it is cut off; past a
             half of it, its pending interims are coalesced.
         max_lag_s: a subscriber whose oldest pending event is older than this is cut off.
+        observer: told of every publish, coalesced interim and cut (metrics).
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class EventLog:
         ring_bytes: int,
         queue_size: int,
         max_lag_s: float = 30.0,
+        observer: SessionObserver | None = None,
     ) -> None:
         self.session_id = session_id
         self._ring: deque[Record] = deque()
@@ -179,6 +185,7 @@ class EventLog:
         self._bytes = 0
         self._queue_size = queue_size
         self._max_lag_s = max_lag_s
+        self._observer = observer
         self._subscribers: set[Subscription] = set()
         self._last_seq = 0
         self.closed = False
@@ -224,8 +231,14 @@ class EventLog:
             self.closed = True
         now = time.monotonic()
         for sub in list(self._subscribers):
+            coalesced = sub.coalesced
             if not sub._offer(record, now):
                 self._drop_slow(sub)
+            elif sub.coalesced != coalesced and self._observer is not None:
+                self._observer.dropped("coalesced")
+        if self._observer is not None:
+            code = data.code if isinstance(data, ErrorData) else None
+            self._observer.published(record.event_type, code)
         return record
 
     def subscribe(self, since: int | None = None) -> Subscription:
@@ -256,6 +269,8 @@ class EventLog:
 
     def _drop_slow(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+        if self._observer is not None:
+            self._observer.dropped("slow_consumer")
         sub._cut_off(
             self._error(
                 "slow_consumer",

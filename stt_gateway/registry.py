@@ -8,6 +8,7 @@ import uuid
 
 from .engines.base import EngineProvider
 from .errors import EngineUnavailable, InvalidConfig, SessionNotFound, TooManySessions
+from .metrics import GatewayMetrics
 from .models import SessionConfig
 from .session import Session
 from .settings import Settings
@@ -26,10 +27,18 @@ class SessionRegistry:
         providers: the engines, by config name (``"local"``, ``"deepgram"``).
     """
 
-    def __init__(self, settings: Settings, providers: dict[str, EngineProvider]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: dict[str, EngineProvider],
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self._settings = settings
         self.providers = providers
+        self._metrics = metrics
         self._sessions: dict[str, Session] = {}
+        self.removed_audio_seconds: dict[str, float] = {}
+        """Audio seconds of sessions already removed, by engine (metrics are counters)."""
         self._live = 0
         self._removals: dict[str, asyncio.TimerHandle] = {}
 
@@ -75,6 +84,7 @@ class SessionRegistry:
             close_timeout_s=s.close_timeout_s,
             idle_timeout_s=s.idle_timeout_s,
             on_closed=self._closed,
+            observer=self._metrics.observer(resolved.engine) if self._metrics else None,
         )
         self._live += 1
         try:
@@ -115,8 +125,17 @@ class SessionRegistry:
         )
 
     def _remove(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
         self._removals.pop(session_id, None)
+        if session is not None:
+            engine = session.config.engine
+            self.removed_audio_seconds[engine] = (
+                self.removed_audio_seconds.get(engine, 0.0) + session.audio_seconds
+            )
+
+    def all(self) -> list[Session]:
+        """Every session held (live, and closed ones within their retention time)."""
+        return list(self._sessions.values())
 
     async def close_all(self, reason: str = "shutdown") -> None:
         """Close every live session (server shutdown) and cancel pending removals."""

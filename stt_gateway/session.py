@@ -16,16 +16,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from .audio import BYTES_PER_SAMPLE, check_chunk
 from .engines.base import Engine
 from .errors import GatewayError, SessionClosed
 from .eventlog import EventLog, Subscription
-from .events import EngineResult, ErrorData, FinalData, SessionEndData
+from .events import (
+    EngineResult,
+    ErrorData,
+    FinalData,
+    SessionEndData,
+    SpeechStartData,
+    TokenData,
+)
 from .models import Segment, SessionConfig, SessionInfo, SessionState, Transcript
 
 log = logging.getLogger(__name__)
+
+_ARRIVALS_KEPT = 3000
+"""Audio chunks whose arrival time is remembered for latency figures (60 s of 20 ms frames)."""
+
+
+class SessionObserver(Protocol):
+    """Receives what the metrics need; the core knows nothing of Prometheus."""
+
+    def published(self, event_type: str, code: str | None) -> None:
+        """An event went out (``code`` for ``error`` events)."""
+
+    def latency(self, kind: str, seconds: float) -> None:
+        """``ttft`` (speech onset → first interim), ``final`` (end of speech → final) or
+        ``added`` (audio in → the result covering it published), in seconds."""
+
+    def dropped(self, kind: str, count: int = 1) -> None:
+        """``coalesced`` interims or ``slow_consumer`` cuts."""
+
+
+class NullObserver:
+    """Observes nothing."""
+
+    def published(self, event_type: str, code: str | None) -> None:
+        pass
+
+    def latency(self, kind: str, seconds: float) -> None:
+        pass
+
+    def dropped(self, kind: str, count: int = 1) -> None:
+        pass
 
 
 class Session:
@@ -42,6 +81,7 @@ class Session:
         idle_timeout_s: with no audio and no subscriber this long (s), the session ends
             with reason ``idle_timeout``.
         on_closed: called once, after ``session_end`` is published.
+        observer: told of events, latencies and drops (metrics).
     """
 
     def __init__(
@@ -58,6 +98,7 @@ class Session:
         close_timeout_s: float,
         idle_timeout_s: float,
         on_closed: Callable[[Session], None] = lambda _s: None,
+        observer: SessionObserver | None = None,
     ) -> None:
         self.id = session_id
         self.config = config
@@ -72,7 +113,12 @@ class Session:
             ring_bytes=ring_bytes,
             queue_size=queue_size,
             max_lag_s=max_lag_s,
+            observer=observer,
         )
+        self._observer: SessionObserver = observer or NullObserver()
+        # (session audio s at the end of a chunk, monotonic s it arrived): latency figures.
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=_ARRIVALS_KEPT)
+        self._onset_s: float | None = None  # speech onset awaiting its first interim
         self._idle_timeout_s = idle_timeout_s
         self._last_activity = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -124,6 +170,7 @@ class Session:
             self._state = "streaming"
         self._audio_bytes += len(pcm)
         self._last_activity = time.monotonic()  # read by the idle timer; no per-frame timer work
+        self._arrivals.append((self.audio_seconds, self._last_activity))
         await self._engine.feed(pcm)
 
     async def finalize(self) -> None:
@@ -218,6 +265,34 @@ class Session:
         if isinstance(result, FinalData):
             self._finals.append(result)
         self._log.publish(result)
+        self._measure(result)
+
+    def _measure(self, result: EngineResult) -> None:
+        """Latency figures from when the audio a result covers arrived."""
+        if isinstance(result, SpeechStartData):
+            self._onset_s = result.timestamp
+            return
+        if not isinstance(result, TokenData):  # FinalData is a TokenData too
+            return
+        now = time.monotonic()
+        if (arrived := self._arrival_of(result.end)) is not None:
+            self._observer.latency("added", now - arrived)
+            if isinstance(result, FinalData) and result.speech_final:
+                self._observer.latency("final", now - arrived)
+        if self._onset_s is not None and type(result) is TokenData:
+            if (onset := self._arrival_of(self._onset_s)) is not None:
+                self._observer.latency("ttft", now - onset)
+            self._onset_s = None
+
+    def _arrival_of(self, audio_s: float) -> float | None:
+        """When the chunk holding session audio time ``audio_s`` arrived (None: forgotten)."""
+        found = None
+        for end_s, arrived in reversed(self._arrivals):
+            if end_s < audio_s - 1e-6:
+                return found
+            found = arrived
+        # Every remembered chunk ends after audio_s: the first holds it unless some were dropped.
+        return found if len(self._arrivals) < _ARRIVALS_KEPT else None
 
     def _check_open(self) -> None:
         if self._closing is not None or (self._pump is not None and self._pump.done()):

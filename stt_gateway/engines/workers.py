@@ -88,6 +88,9 @@ class _Worker:
     def pid(self) -> int | None:
         return self._proc.pid
 
+    def is_alive(self) -> bool:
+        return not self.dead and self._proc.is_alive()
+
     def _roundtrip(self, request: tuple[int, Op, object]) -> tuple[bool, Any]:
         self._conn.send(request)
         reply: tuple[bool, Any] = self._conn.recv()
@@ -167,6 +170,11 @@ class WorkerPool:
         """Spawn the worker processes (they import the engines while the gateway goes on)."""
         if not self._workers:
             self._workers = [_Worker(self._ctx, i) for i in range(self._size)]
+
+    def alive(self) -> bool:
+        """Whether every worker process runs (none started yet counts as alive: they start
+        with the app or the first session)."""
+        return all(w.is_alive() for w in self._workers)
 
     @property
     def pids(self) -> list[int | None]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..engines.workers import WorkerPool
 from ..errors import BadRequestBody, ChunkTooLarge, GatewayError
+from ..metrics import GatewayMetrics
 from ..registry import SessionRegistry
 from ..session import Session
 from ..settings import Settings
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 WORKERS = web.AppKey("workers", WorkerPool)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

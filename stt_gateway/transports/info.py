@@ -7,9 +7,10 @@ from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
-from .common import REGISTRY, SETTINGS
+from .common import METRICS, REGISTRY, SETTINGS, WORKERS
 
 routes = web.RouteTableDef()
 
@@ -49,6 +50,29 @@ async def info(request: web.Request) -> web.Response:
             },
             "sessions": {"live": registry.live_count},
         }
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of the gateway's metrics (see stt_gateway.metrics)."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when every engine worker process is alive and at least one engine is
+    available; else 503 with what is missing."""
+    workers = request.app[WORKERS]
+    alive = workers.alive()
+    engines = {
+        name: (reason := p.unavailable_reason()) is None or reason
+        for name, p in request.app[REGISTRY].providers.items()
+    }
+    ok = alive and any(v is True for v in engines.values())
+    return web.json_response(
+        {"ready": ok, "engine_workers_alive": alive, "engines": engines}, status=200 if ok else 503
     )
 
 

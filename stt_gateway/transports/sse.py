@@ -16,7 +16,7 @@ from aiohttp_sse import EventSourceResponse
 
 from ..eventlog import Record
 from ..events import HeartbeatData, make_event
-from .common import SETTINGS, bound_send_buffer, int_param, session_of
+from .common import METRICS, SETTINGS, bound_send_buffer, int_param, session_of
 
 routes = web.RouteTableDef()
 
@@ -38,6 +38,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     bound_send_buffer(request, settings.subscriber_send_buffer)
     await resp.prepare(request)
     sub = session.subscribe(since)
+    connected = request.app[METRICS].subscribers.labels("sse")
+    connected.inc()
     try:
         # A block with only `retry:` sets the browser's reconnect delay (WHATWG HTML §9.2).
         await resp.write(f"retry: {settings.sse_retry_ms}\r\n\r\n".encode())
@@ -57,6 +59,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionError, TimeoutError):
         pass  # the subscriber left or froze (aiohttp-sse aborted it); it may resume
     finally:
+        connected.dec()
         sub.close()
         resp.stop_streaming()
     return resp

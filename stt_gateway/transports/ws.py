@@ -18,7 +18,7 @@ from ..errors import BadControlMessage, GatewayError
 from ..eventlog import Subscription
 from ..models import ControlMessage
 from ..session import Session
-from .common import SETTINGS, bound_send_buffer, int_param, session_of, validation_message
+from .common import METRICS, SETTINGS, bound_send_buffer, int_param, session_of, validation_message
 
 routes = web.RouteTableDef()
 
@@ -38,6 +38,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     sub = session.subscribe(since)
     writer = asyncio.create_task(_send_events(ws, sub), name=f"ws-out-{session.id}")
+    connected = request.app[METRICS].subscribers.labels("ws")
+    connected.inc()
     try:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
@@ -48,6 +50,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.TEXT:
                 await _control(session, msg.data)
     finally:
+        connected.dec()
         sub.close()
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

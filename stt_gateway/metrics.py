@@ -1,0 +1,125 @@
+"""Prometheus metrics (prometheus-client), one registry per app.
+
+Counted where they happen, never per audio frame: events by type as they are published,
+latencies as results are published, drops as they occur. Sessions by engine and state, and
+audio seconds, are read from the session registry at scrape time.
+
+Latency histograms (seconds), labelled by engine:
+- ``stt_time_to_first_token_seconds``: speech onset arrived → first interim published;
+- ``stt_final_latency_seconds``: audio at the end of an utterance arrived → its final published;
+- ``stt_gateway_latency_seconds``: audio arrived → the result that covers it published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .session import SessionObserver
+
+if TYPE_CHECKING:
+    from .registry import SessionRegistry
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+class GatewayMetrics:
+    """The gateway's metrics; :meth:`observer` gives each session its hooks."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("stt_events", "Events published, by type", ["event_type"], registry=r)
+        self.dropped = Counter(
+            "stt_events_dropped",
+            "Events not delivered to a subscriber: "
+            "interims coalesced, subscribers cut (slow_consumer)",
+            ["kind"],
+            registry=r,
+        )
+        self.upstream = Counter(
+            "stt_upstream_errors",
+            "Upstream error events, by code (upstream_reconnected counts reconnects)",
+            ["code"],
+            registry=r,
+        )
+        self.subscribers = Gauge(
+            "stt_subscribers", "Connected subscribers, by transport", ["transport"], registry=r
+        )
+        self.latency = {
+            "ttft": Histogram(
+                "stt_time_to_first_token_seconds",
+                "Speech onset arrived -> first interim published",
+                ["engine"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            "final": Histogram(
+                "stt_final_latency_seconds",
+                "End of utterance arrived -> its final published",
+                ["engine"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            "added": Histogram(
+                "stt_gateway_latency_seconds",
+                "Audio arrived -> the result covering it published",
+                ["engine"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+        }
+
+    def watch(self, sessions: SessionRegistry) -> None:
+        """Report sessions and audio seconds from ``sessions`` at each scrape."""
+        self.registry.register(_SessionCollector(sessions))
+
+    def observer(self, engine: str) -> SessionObserver:
+        """Hooks for one session on ``engine``."""
+        return _Observer(self, engine)
+
+
+class _Observer:
+    def __init__(self, metrics: GatewayMetrics, engine: str) -> None:
+        self._m = metrics
+        self._engine = engine
+
+    def published(self, event_type: str, code: str | None) -> None:
+        self._m.events.labels(event_type).inc()
+        if code is not None and code.startswith("upstream_"):
+            self._m.upstream.labels(code).inc()
+
+    def latency(self, kind: str, seconds: float) -> None:
+        self._m.latency[kind].labels(self._engine).observe(seconds)
+
+    def dropped(self, kind: str, count: int = 1) -> None:
+        self._m.dropped.labels(kind).inc(count)
+
+
+class _SessionCollector(Collector):
+    def __init__(self, sessions: SessionRegistry) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        by_state = GaugeMetricFamily(
+            "stt_sessions", "Sessions held, by engine and state", labels=["engine", "state"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        audio: dict[str, float] = dict(self._sessions.removed_audio_seconds)
+        for s in self._sessions.all():
+            key = (s.config.engine, s.state)
+            counts[key] = counts.get(key, 0) + 1
+            audio[s.config.engine] = audio.get(s.config.engine, 0.0) + s.audio_seconds
+        for (engine, state), n in sorted(counts.items()):
+            by_state.add_metric([engine, state], n)
+        yield by_state
+        seconds = CounterMetricFamily(
+            "stt_audio_seconds", "Seconds of audio received", labels=["engine"]
+        )
+        for engine, total in sorted(audio.items()):
+            seconds.add_metric([engine], total)
+        yield seconds
