@@ -1,28 +1,92 @@
-"""The ``stt-gateway`` command (also ``python -m stt_gateway``): serve the gateway."""
+"""The ``stt-gateway`` command (also ``python -m stt_gateway``).
+
+``serve`` (the default) runs the gateway; ``stream FILE`` sends a WAV or raw PCM16 file to a
+running gateway and prints its transcript; ``follow SESSION_ID`` prints a session's events.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from . import __version__
 from .app import create_app
+from .client import follow_session, stream_file
 from .settings import Settings
 
+COMMANDS = ("serve", "stream", "follow")
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse ``argv`` and serve until interrupted. Flags override ``STT_GATEWAY_*`` settings."""
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stt-gateway", description="Real-time speech-to-text gateway."
     )
-    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="TCP port (default 8000)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the gateway (the default)")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default 8000)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
+
+    for name, what in (
+        ("stream", "stream a WAV or raw PCM16 file to a gateway"),
+        ("follow", "print a session's events (resumes after drops)"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
+        p.add_argument("--json", action="store_true", help="one JSON event per line")
+        if name == "stream":
+            p.add_argument("file", type=Path)
+            p.add_argument(
+                "--fast", action="store_true", help="send as fast as possible, not in real time"
+            )
+            p.add_argument(
+                "--rate", type=int, default=16_000, help="sample rate (Hz) of a raw (non-WAV) file"
+            )
+            p.add_argument("--engine", help="local (default) or deepgram")
+            p.add_argument("--language", help="BCP-47 tag, e.g. ko")
+        else:
+            p.add_argument("session_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` and run the command. Flags override ``STT_GATEWAY_*`` settings."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if not args_in or (
+        args_in[0] not in COMMANDS and args_in[0] not in ("-h", "--help", "--version")
+    ):
+        args_in = ["serve", *args_in]  # `stt-gateway --port 9000` means serve
+    args = _parser().parse_args(args_in)
+    if args.command == "stream":
+        config = {k: v for k, v in (("engine", args.engine), ("language", args.language)) if v}
+        sys.exit(
+            asyncio.run(
+                stream_file(
+                    args.url.rstrip("/"),
+                    args.file,
+                    fast=args.fast,
+                    as_json=args.json,
+                    raw_rate=args.rate,
+                    config=config,
+                )
+            )
+        )
+    if args.command == "follow":
+        sys.exit(
+            asyncio.run(follow_session(args.url.rstrip("/"), args.session_id, as_json=args.json))
+        )
+    serve(args)
+
+
+def serve(args: argparse.Namespace) -> None:
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -93,7 +93,7 @@ def test_python_m_stt_gateway_is_the_same_command() -> None:
     )
     assert done.stdout.strip() == f"stt-gateway {__version__}"
     helped = subprocess.run(
-        [sys.executable, "-m", "stt_gateway", "--help"],
+        [sys.executable, "-m", "stt_gateway", "serve", "--help"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -1,0 +1,175 @@
+"""Command-line clients of a running gateway: ``stream`` a file, ``follow`` a session.
+
+Both print interims in place and finals as lines on a terminal, or one JSON event per line
+with ``--json`` (for scripts). ``stream`` shows the file position as a progress bar on the
+same status line as the interim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+import wave
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+FRAME_MS = 20
+
+
+def read_audio(path: Path, raw_rate: int) -> tuple[bytes, int]:
+    """PCM16 mono samples and their rate (Hz) from a WAV file, or from raw PCM16 at
+    ``raw_rate``.
+
+    Raises:
+        ValueError: a WAV file that is not mono 16-bit PCM.
+    """
+    if path.suffix.lower() != ".wav":
+        return path.read_bytes(), raw_rate
+    with wave.open(str(path)) as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getcomptype() != "NONE":
+            raise ValueError(
+                f"{path}: need mono 16-bit PCM WAV (got {w.getnchannels()} "
+                f"channel(s), {8 * w.getsampwidth()}-bit {w.getcomptype()})"
+            )
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+class Printer:
+    """Shows events. On a terminal: one status line (file progress and the current interim,
+    rewritten in place) with finals printed above it as lines. Piped: final lines only.
+    With ``as_json``: every event as one JSON line."""
+
+    def __init__(self, out: TextIO, as_json: bool) -> None:
+        self._out = out
+        self._json = as_json
+        self._tty = out.isatty() and not as_json
+        self._progress = ""
+        self._interim = ""
+
+    def event(self, raw: str) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads(raw)
+        kind, data = event["event_type"], event.get("data", {})
+        if self._json:
+            print(raw, file=self._out, flush=True)
+        elif kind == "token":
+            self._interim = data["text"]
+            self._status()
+        elif kind == "final":
+            self._interim = ""
+            self._line(data["text"])
+        elif kind == "error":
+            print(f"[{data['code']}] {data['message']}", file=sys.stderr, flush=True)
+        return event
+
+    def progress(self, done_s: float, total_s: float) -> None:
+        """File position as a bar on the status line (terminals only)."""
+        width = 24
+        filled = int(width * done_s / total_s) if total_s else width
+        self._progress = f"[{'#' * filled}{'.' * (width - filled)}] {done_s:5.1f}/{total_s:.1f} s"
+        self._status()
+
+    def done(self) -> None:
+        """Clear the status line."""
+        if self._tty:
+            self._out.write("\r\x1b[2K")
+            self._out.flush()
+
+    def _line(self, text: str) -> None:
+        if self._tty:
+            self._out.write("\r\x1b[2K")
+        print(text, file=self._out, flush=True)
+        self._status()
+
+    def _status(self) -> None:
+        if not self._tty:
+            return
+        # One screen line, or \r cannot rewrite it: keep the newest words of the interim.
+        room = shutil.get_terminal_size().columns - len(self._progress) - 4
+        text = self._interim if len(self._interim) <= room else "…" + self._interim[-room + 1 :]
+        self._out.write(f"\r\x1b[2K{self._progress}  {text}".rstrip())
+        self._out.flush()
+
+
+async def stream_file(
+    url: str, path: Path, *, fast: bool, as_json: bool, raw_rate: int, config: dict[str, Any]
+) -> int:
+    """Stream ``path`` to a new session in 20 ms frames (real time unless ``fast``), print
+    its events until ``session_end``; returns the exit status."""
+    pcm, rate = read_audio(path, raw_rate)
+    printer = Printer(sys.stdout, as_json)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/sessions", json={"config": config | {"sample_rate": rate}}
+        ) as resp:
+            body = await resp.json()
+            if resp.status != 201:
+                print(f"cannot create a session: {body['error']['message']}", file=sys.stderr)
+                return 2
+        ws = await http.ws_connect(body["ws_url"])
+        ended = asyncio.Event()
+
+        async def receive() -> None:
+            async for msg in ws:
+                is_text = msg.type == aiohttp.WSMsgType.TEXT
+                if is_text and printer.event(msg.data)["event_type"] == "session_end":
+                    ended.set()
+
+        reader = asyncio.create_task(receive())
+        step = rate * FRAME_MS // 1000 * 2
+        total_s = len(pcm) / 2 / rate
+        start = time.monotonic()
+        for i in range(0, len(pcm), step):
+            if not fast:
+                await asyncio.sleep(max(0.0, start + i / 2 / rate - time.monotonic()))
+            await ws.send_bytes(pcm[i : i + step])
+            if (i // step) % 10 == 0:
+                printer.progress(min(total_s, (i + step) / 2 / rate), total_s)
+        printer.progress(total_s, total_s)
+        await ws.send_json({"type": "close"})
+        await ended.wait()
+        printer.done()
+        await ws.close()
+        await reader
+    return 0
+
+
+async def follow_session(url: str, session_id: str, *, as_json: bool, retries: int = 10) -> int:
+    """Print a session's events from SSE, resuming with ``Last-Event-ID`` after a drop, until
+    ``session_end``; returns the exit status."""
+    printer = Printer(sys.stdout, as_json)
+    last: str | None = None
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        for attempt in range(retries + 1):
+            headers = {"Last-Event-ID": last} if last else {}
+            try:
+                async with http.get(f"{url}/sessions/{session_id}/stream", headers=headers) as resp:
+                    if resp.status == 204:
+                        return 0  # nothing after our last event: the session had ended
+                    if resp.status != 200:
+                        body = await resp.json()
+                        print(f"cannot follow: {body['error']['message']}", file=sys.stderr)
+                        return 2
+                    event_id, data = None, []
+                    async for raw in resp.content:
+                        line = raw.decode().rstrip("\r\n")
+                        if line.startswith("id:"):
+                            event_id = line[3:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].lstrip(" "))
+                        elif not line and data:
+                            event = printer.event("\n".join(data))
+                            last = event_id or last
+                            event_id, data = None, []
+                            if event["event_type"] == "session_end":
+                                return 0
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+    print("lost the session's stream; gave up reconnecting", file=sys.stderr)
+    return 1

@@ -1,0 +1,70 @@
+"""The stt-gateway CLI against a live gateway: stream a shared WAV, follow a session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import aiohttp
+
+from tests.audio_files import AUDIO_DIR, clip
+from tests.conftest import Gateway, direct_finals
+from tests.gateway_client import create_session
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stt_gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_stream_prints_the_finals_of_a_shared_wav(gateway: Gateway) -> None:
+    c = clip("librivox-sns-0920")
+    code, out, err = await run_cli(
+        "stream", str(AUDIO_DIR / f"{c.name}.wav"), "--url", gateway.base, "--fast"
+    )
+    assert code == 0, err
+    expected = [f.text for f in direct_finals(c)]
+    assert out.splitlines() == expected
+
+
+async def test_cli_stream_json_gives_every_event_in_seq_order(gateway: Gateway) -> None:
+    c = clip("goforward")
+    code, out, err = await run_cli(
+        "stream", str(AUDIO_DIR / f"{c.name}.wav"), "--url", gateway.base, "--fast", "--json"
+    )
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["event_type"] == "session_end"
+    assert " ".join(e["data"]["text"] for e in events if e["event_type"] == "final") == " ".join(
+        f.text for f in direct_finals(c)
+    )
+
+
+async def test_cli_follow_prints_a_sessions_finals(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    c = clip("librivox-sns-0880")
+    session = await create_session(http, gateway.base)
+    follower = asyncio.create_task(run_cli("follow", session["session_id"], "--url", gateway.base))
+    async with http.post(
+        session["audio_url"], data=c.pcm, headers={"Content-Type": "application/octet-stream"}
+    ):
+        pass
+    async with http.delete(f"{gateway.base}/sessions/{session['session_id']}") as resp:
+        transcript = (await resp.json())["transcript"]
+    code, out, err = await follower
+    assert code == 0, err
+    assert " ".join(out.splitlines()) == transcript
+    code, out, _ = await run_cli("follow", "no-such-session", "--url", gateway.base)
+    assert code == 2
