@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from swagger_ui import api_doc
 
 from .engines.base import EngineProvider
 from .engines.deepgram import DeepgramProvider
@@ -62,6 +63,8 @@ def create_app(
     app[REGISTRY] = registry
     for module in (rest, sse, ws, info):
         app.add_routes(module.routes)
+    # Swagger UI from swagger-ui-py's bundled files (no CDN: the gateway may run offline).
+    api_doc(app, config_rel_url="/openapi.json", url_prefix="/docs", title="stt-gateway API")
     app[info.STATIC_DIR] = info.find_static_dir()
     app.router.add_static("/static", app[info.STATIC_DIR])
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
+from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
+from ..openapi import build_spec
 from .common import METRICS, REGISTRY, SETTINGS, WORKERS
 
 routes = web.RouteTableDef()
@@ -51,6 +54,17 @@ async def info(request: web.Request) -> web.Response:
             "sessions": {"live": registry.live_count},
         }
     )
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document (built once per process from the pydantic models)."""
+    return web.json_response(_spec())
+
+
+@cache
+def _spec() -> dict[str, Any]:
+    return build_spec()
 
 
 @routes.get("/metrics")

@@ -1,0 +1,280 @@
+"""The OpenAPI 3.1 document, built from the pydantic models the routes validate with.
+
+Schemas come only from the models (``pydantic.json_schema.models_json_schema``); this module
+adds the route table (method, path, which model goes in and out) and one example per event
+type. The SSE and WebSocket event payloads are the ``Event`` component (a ``oneOf`` over the
+event models, discriminated by ``event_type``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import __version__
+from .events import (
+    ErrorEvent,
+    FinalEvent,
+    HeartbeatEvent,
+    SessionEndEvent,
+    SpeechEndEvent,
+    SpeechStartEvent,
+    TokenEvent,
+)
+from .models import (
+    AudioAccepted,
+    AudioBody,
+    ControlMessage,
+    CreateSessionBody,
+    ErrorBody,
+    SessionClosedBody,
+    SessionCreated,
+    SessionInfo,
+    Transcript,
+)
+
+_SID = "5f2b1c0e9a7d4c3b8e6f1a2b3c4d5e6f"
+_EVENT_EXAMPLES: dict[type[BaseModel], dict[str, Any]] = {
+    TokenEvent: {"text": "go forward ten", "confidence": 0.0, "start": 0.51, "end": 1.6},
+    FinalEvent: {
+        "text": "go forward ten meters",
+        "confidence": 0.71,
+        "start": 0.47,
+        "end": 2.13,
+        "speech_final": True,
+        "words": [{"word": "go", "start": 0.47, "end": 0.64, "confidence": 0.99}],
+    },
+    SpeechStartEvent: {"timestamp": 0.51},
+    SpeechEndEvent: {"last_word_end": 2.13},
+    HeartbeatEvent: {"status": "alive"},
+    ErrorEvent: {
+        "code": "odd_byte_count",
+        "message": "the audio chunk has 3 bytes, an odd count: PCM16 needs 2 bytes per sample",
+    },
+    SessionEndEvent: {"reason": "client_closed", "audio_seconds": 2.786},
+}
+_EVENTS = list(_EVENT_EXAMPLES)
+_MODELS: list[type[BaseModel]] = [
+    CreateSessionBody,
+    SessionCreated,
+    SessionInfo,
+    SessionClosedBody,
+    Transcript,
+    AudioBody,
+    AudioAccepted,
+    ErrorBody,
+    ControlMessage,
+    *_EVENTS,
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(ErrorBody, description)
+
+
+_SESSION_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_EVENT_STREAM = {
+    "oneOf": [_ref(m) for m in _EVENTS],
+    "discriminator": {"propertyName": "event_type"},
+}
+
+
+def _paths() -> dict[str, Any]:
+    not_found = {"404": _error("no session with this id")}
+    return {
+        "/sessions": {
+            "post": {
+                "summary": "Create a session",
+                "operationId": "createSession",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref(CreateSessionBody)}},
+                },
+                "responses": {
+                    "201": _json(SessionCreated, "created; the effective config"),
+                    "422": _error("invalid config (the message names the field)"),
+                    "502": _error("the upstream engine refused (upstream_auth)"),
+                    "503": _error("too many sessions, or the upstream is busy"),
+                },
+            }
+        },
+        "/sessions/{id}": {
+            "parameters": _SESSION_ID,
+            "get": {
+                "summary": "A session's state",
+                "operationId": "getSession",
+                "responses": {"200": _json(SessionInfo, "the session"), **not_found},
+            },
+            "delete": {
+                "summary": "Close: flush the engine, last finals, then session_end",
+                "operationId": "closeSession",
+                "responses": {"200": _json(SessionClosedBody, "closed (idempotent)"), **not_found},
+            },
+        },
+        "/sessions/{id}/transcript": {
+            "parameters": _SESSION_ID,
+            "get": {
+                "summary": "Every final so far",
+                "operationId": "getTranscript",
+                "responses": {"200": _json(Transcript, "the transcript"), **not_found},
+            },
+        },
+        "/sessions/{id}/audio": {
+            "parameters": _SESSION_ID,
+            "post": {
+                "summary": "Send one PCM16 chunk",
+                "operationId": "postAudio",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref(AudioBody)},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "responses": {
+                    "202": _json(AudioAccepted, "taken"),
+                    "400": _error("bad base64, odd byte count, empty chunk, bad body"),
+                    **not_found,
+                    "409": _error("the session is closed"),
+                    "413": _error("the chunk is larger than max_chunk_bytes"),
+                    "415": _error("not JSON or octet-stream"),
+                },
+            },
+        },
+        "/sessions/{id}/stream": {
+            "parameters": [
+                *_SESSION_ID,
+                {
+                    "name": "last_event_id",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "resume after this seq (or the Last-Event-ID header)",
+                },
+            ],
+            "get": {
+                "summary": "Events as Server-Sent Events (id: seq, data: event JSON)",
+                "operationId": "streamEvents",
+                "responses": {
+                    "200": {
+                        "description": "an event stream; each data line is an Event",
+                        "content": {"text/event-stream": {"schema": _EVENT_STREAM}},
+                    },
+                    "204": {"description": "nothing after Last-Event-ID: it ended"},
+                    "400": _error("malformed Last-Event-ID"),
+                    **not_found,
+                },
+            },
+        },
+        "/sessions/{id}/ws": {
+            "parameters": [
+                *_SESSION_ID,
+                {
+                    "name": "since",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "replay events after this seq first",
+                },
+            ],
+            "get": {
+                "summary": "WebSocket: binary PCM16 frames and ControlMessage text frames in; "
+                "Event JSON text frames out",
+                "operationId": "sessionSocket",
+                "responses": {
+                    "101": {"description": "switching to WebSocket"},
+                    "400": _error("malformed since"),
+                    **not_found,
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "health",
+                "responses": {"200": {"description": "alive"}},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness",
+                "operationId": "ready",
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "not ready, and why"},
+                },
+            }
+        },
+        "/info": {
+            "get": {
+                "summary": "Version, engines and limits",
+                "operationId": "info",
+                "responses": {"200": {"description": "about this gateway"}},
+            }
+        },
+        "/usage": {
+            "get": {
+                "summary": "A usage guide (Markdown)",
+                "operationId": "usage",
+                "responses": {"200": {"description": "the guide"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {"200": {"description": "text exposition"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
+        },
+    }
+
+
+def build_spec() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document (a JSON-able dict)."""
+    _, defs = models_json_schema(
+        [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
+    )
+    schemas: dict[str, Any] = defs["$defs"]
+    for model, data in _EVENT_EXAMPLES.items():
+        event_type = model.model_fields["event_type"].default
+        example = {
+            "event_type": event_type,
+            "seq": 12,
+            "session_id": _SID,
+            "timestamp": 1795555705.103,
+            "data": data,
+        }
+        if event_type == "heartbeat":
+            del example["seq"]
+        schemas[model.__name__]["examples"] = [example]
+    schemas["Event"] = _EVENT_STREAM
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "stt-gateway",
+            "version": __version__,
+            "description": "Real-time speech-to-text: PCM16 in over WebSocket or HTTP, "
+            "interim and final transcripts out over SSE and WebSocket.",
+        },
+        "paths": _paths(),
+        "components": {"schemas": schemas},
+    }
