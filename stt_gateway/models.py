@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 300.0 as an integer; so do we. ``"300"`` stays refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class SessionConfig(BaseModel):
@@ -23,15 +31,19 @@ class SessionConfig(BaseModel):
     )
     model: str | None = Field(None, min_length=1, max_length=100)
     interim_results: bool = True
-    sample_rate: int = Field(16000, ge=8000, le=96000, description="Hz of the PCM16 sent in")
+    sample_rate: WholeNumber = Field(
+        16000, ge=8000, le=96000, description="Hz of the PCM16 sent in"
+    )
     encoding: Literal["linear16"] = "linear16"
     channels: Literal[1] = 1
-    endpointing_ms: int | None = Field(
-        None, ge=10, le=10_000, description="silence (ms) that ends an utterance"
-    )
-    utterance_end_ms: int | None = Field(
-        None, ge=1000, le=5000, description="gap after the last word (ms) that sends speech_end"
-    )
+    # Bounds before the validator inside the Annotated: put on the optional union they
+    # would reach the JSON schema as raw "ge"/"le" rather than minimum/maximum.
+    endpointing_ms: (
+        Annotated[int, Field(ge=10, le=10_000), BeforeValidator(_whole_number)] | None
+    ) = Field(None, description="silence (ms) that ends an utterance")
+    utterance_end_ms: (
+        Annotated[int, Field(ge=1000, le=5000), BeforeValidator(_whole_number)] | None
+    ) = Field(None, description="gap after the last word (ms) that sends speech_end")
 
 
 class CreateSessionBody(BaseModel):
@@ -108,7 +120,18 @@ class AudioBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    audio_data: str = Field(description="base64 of PCM16 little-endian mono samples")
+    audio_data: str = Field(
+        description="base64 (RFC 4648, padded) of PCM16 little-endian mono samples: a whole, "
+        "non-zero number of 2-byte samples",
+        # In the schema only: the route checks these itself, so a client learns which one
+        # failed (bad_base64, empty_audio, odd_byte_count) rather than a generic bad_request.
+        # Groups of 8 characters are 6 bytes; the tails add 2 or 4: always an even count.
+        json_schema_extra={
+            "contentEncoding": "base64",
+            "minLength": 4,
+            "pattern": r"^(?:[A-Za-z0-9+/]{8})*(?:[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{6}==)?$",
+        },
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -170,3 +170,27 @@ async def test_health_info_and_usage_describe_this_gateway(
     async with http.get(f"{gateway.base}/static/capture-worklet.js") as resp:
         assert resp.status == 200
         assert "registerProcessor" in await resp.text()
+
+
+async def test_usage_python_example_transcribes_a_wav_when_copied(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    import re
+    import sys
+
+    from tests.audio_files import AUDIO_DIR
+
+    async with http.get(f"{gateway.base}/usage") as resp:
+        guide = await resp.text()
+    (code,) = re.findall(r"```python\n(.*?)```", guide, re.S)
+    wav = AUDIO_DIR / f"{SPEECH.name}.wav"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code.replace('"speech.wav"', repr(str(wav))),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == " ".join(f.text for f in direct_finals(SPEECH))

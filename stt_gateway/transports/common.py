@@ -34,10 +34,16 @@ def model_response(model: BaseModel, status: int = 200) -> web.Response:
 
 
 def error_response(
-    status: int, code: str, message: str, retry_after_s: float | None = None
+    status: int,
+    code: str,
+    message: str,
+    retry_after_s: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     """The ``{"error": {"code", "message"}}`` body every 4xx/5xx answer has."""
-    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s else None
+    headers = dict(headers or {})
+    if retry_after_s:
+        headers["Retry-After"] = str(max(1, round(retry_after_s)))
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
@@ -66,7 +72,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason if exc.text is None else exc.text)
+        # Keep aiohttp's headers that matter to clients (405's Allow, RFC 9110 §15.5.6).
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        message = exc.reason if exc.text is None else exc.text
+        return error_response(exc.status, code, message, headers=kept)
 
 
 def session_of(request: web.Request) -> Session:
