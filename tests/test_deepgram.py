@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -355,3 +356,21 @@ async def test_deepgram_finalize_settles_the_utterance_in_progress(
     await ws.send_json({"type": "close"})
     await asyncio.wait_for(follow_ws(ws, Received()), 10)
     assert fake.connections[0].finalizes == 1
+
+
+async def test_ready_checks_that_deepgram_is_reachable(
+    start_dg: StartDG, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    async with http.get(f"{gw.base}/ready") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["engines"]["deepgram"] is True
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    down = await start_dg(deepgram_url=f"ws://127.0.0.1:{closed_port}")
+    async with http.get(f"{down.base}/ready") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert "cannot reach 127.0.0.1" in body["engines"]["deepgram"]
+    assert body["engines"]["local"] is True

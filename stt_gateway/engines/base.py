@@ -85,3 +85,8 @@ class EngineProvider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release what the provider holds (app cleanup)."""
+
+    async def not_ready_reason(self) -> str | None:
+        """``None`` when the engine can take a session now (for ``/ready``), else why not.
+        Defaults to :meth:`unavailable_reason`; engines with an upstream also check it."""
+        return self.unavailable_reason()

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
+from yarl import URL
 
 from ..errors import InvalidConfig, UpstreamError
 from ..events import (
@@ -554,6 +555,21 @@ class DeepgramProvider(EngineProvider):
     def unavailable_reason(self) -> str | None:
         if self._settings.deepgram_api_key is None:
             return "DEEPGRAM_API_KEY is not set"
+        return None
+
+    async def not_ready_reason(self) -> str | None:
+        """Configured and its host accepts a TCP connection within 2 s."""
+        if (reason := self.unavailable_reason()) is not None:
+            return reason
+        url = URL(self._settings.deepgram_url)
+        port = url.port or (443 if url.scheme in ("wss", "https") else 80)
+        try:
+            async with asyncio.timeout(2.0):
+                _, writer = await asyncio.open_connection(url.host, port)
+        except (OSError, TimeoutError) as exc:
+            return f"cannot reach {url.host}:{port}: {type(exc).__name__}"
+        writer.close()
+        await writer.wait_closed()
         return None
 
     def resolve(self, config: SessionConfig) -> SessionConfig:

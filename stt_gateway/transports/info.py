@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from functools import cache
 from importlib import resources
@@ -76,15 +77,18 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 200 when every engine worker process is alive and at least one engine is
-    available; else 503 with what is missing."""
-    workers = request.app[WORKERS]
-    alive = workers.alive()
-    engines = {
-        name: (reason := p.unavailable_reason()) is None or reason
-        for name, p in request.app[REGISTRY].providers.items()
-    }
-    ok = alive and any(v is True for v in engines.values())
+    """Readiness: 200 when every engine worker process is alive and every configured engine
+    can take a session (Deepgram: its host reachable); else 503 with what is missing."""
+    alive = request.app[WORKERS].alive()
+    providers = request.app[REGISTRY].providers
+    reasons = await asyncio.gather(*(p.not_ready_reason() for p in providers.values()))
+    engines = {name: r is None or r for name, r in zip(providers, reasons, strict=True)}
+    configured = [
+        r
+        for p, r in zip(providers.values(), reasons, strict=True)
+        if p.unavailable_reason() is None
+    ]
+    ok = alive and bool(configured) and all(r is None for r in configured)
     return web.json_response(
         {"ready": ok, "engine_workers_alive": alive, "engines": engines}, status=200 if ok else 503
     )
