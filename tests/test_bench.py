@@ -46,3 +46,17 @@ def test_ring_memory_bench_prints_its_series() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["series"]
     assert "RSS" in done.stdout
+
+
+def test_engine_bench_prints_its_table() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/engine.py", "--speed", "4", "--clips", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rows"][0]["clip"] == "goforward"
+    assert "RTF direct" in done.stdout
