@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -42,3 +47,40 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to its hard limit; return the new soft limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def start_gateway(
+    port: int, env: dict[str, str], *, engine: str = "instant", uvloop: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start ``bench/gateway.py`` on ``127.0.0.1:port`` with ``STT_GATEWAY_*``-style ``env``
+    added to this process's environment. Returns once it answers ``/health``.
+
+    Raises:
+        RuntimeError: it did not come up within 30 s.
+    """
+    args = [sys.executable, str(ROOT / "bench" / "gateway.py"), "--port", str(port)]
+    args += ["--engine", engine] + (["--uvloop"] if uvloop else [])
+    proc = subprocess.Popen(args, env=os.environ | {"STT_GATEWAY_LOG_LEVEL": "WARNING"} | env)
+    try:
+        asyncio.run(wait_up(f"http://127.0.0.1:{port}/health"))
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc`` and reap it (killed if it takes over 10 s)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -43,3 +43,11 @@ def test_engine_bench_prints_its_table() -> None:
     out, result = run_bench("engine.py", "--speed", "4", "--clips", "1")
     assert result["rows"][0]["clip"] == "goforward"
     assert "RTF direct" in out
+
+
+def test_overhead_bench_prints_gateway_beside_the_echo_floor() -> None:
+    out, result = run_bench("overhead.py", "--sessions", "2", "--seconds", "1")
+    paths = [(r["path"], r["subscriber"]) for r in result["rows"]]
+    assert paths == [("aiohttp echo", "ws"), ("gateway", "ws"), ("gateway", "sse")]
+    assert all(r["results"] > 0 for r in result["rows"])
+    assert "send lag p99" in out
