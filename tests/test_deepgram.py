@@ -374,3 +374,20 @@ async def test_ready_checks_that_deepgram_is_reachable(
         body = await resp.json()
     assert "cannot reach 127.0.0.1" in body["engines"]["deepgram"]
     assert body["engines"]["local"] is True
+
+
+async def test_deepgram_holds_more_upstream_streams_than_aiohttps_default_pool(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    """Each session holds one upstream WebSocket for its whole life: aiohttp's default
+    connector (100 connections) made the 101st session's creation wait for another to end."""
+    gw = await start_dg(max_sessions=130)
+    sessions = await asyncio.wait_for(
+        asyncio.gather(*(create_session(http, gw.base, DG) for _ in range(120))), 30
+    )
+    assert fake.active == 120
+    async with http.get(f"{gw.base}/sessions/{sessions[-1]['session_id']}") as resp:
+        assert (await resp.json())["state"] == "created"
+    for s in sessions:
+        async with http.delete(f"{gw.base}/sessions/{s['session_id']}") as resp:
+            assert resp.status == 200

@@ -589,7 +589,10 @@ class DeepgramProvider(EngineProvider):
 
     def create(self, config: SessionConfig) -> Engine:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            # No pool cap: every session holds one upstream WebSocket for its whole life, and
+            # aiohttp's default of 100 made session 101 wait for another to end.
+            # `max_sessions` is the bound.
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return DeepgramEngine(self._http, self._settings, config)
 
     async def close(self) -> None:
