@@ -31,12 +31,42 @@ def test_deepgram_overhead_bench_prints_its_table_and_json() -> None:
     assert "gateway added: p50" in out
 
 
-def test_ring_memory_bench_prints_its_series() -> None:
+def test_soak_bench_prints_its_series() -> None:
     out, result = run_bench(
-        "ring_memory.py", "--minutes", "0.2", "--every", "1", "--ring-events", "20"
+        "soak.py", "--minutes", "0.5", "--speed", "30", "--every", "0.3", "--ring-events", "20"
     )
-    assert result["series"]
-    assert "RSS" in out
+    assert result["series"][-1]["ring_events"] == 20
+    assert result["series"][-1]["subscribers"] == 11
+    assert "the ring held 20 events" in out
+
+
+def test_capacity_bench_runs_a_trial_per_engine() -> None:
+    out, result = run_bench(
+        "capacity.py",
+        "--seconds",
+        "1",
+        "--start",
+        "2",
+        "--max",
+        "2",
+        "--processes",
+        "1",
+        "--uvloop",
+    )
+    assert [(t["engine"], t["sessions"]) for t in result["trials"]] == [
+        ("instant", 2),
+        ("deepgram", 2),
+    ]
+    assert all(t["results"] > 0 for t in result["trials"])
+    assert "capacity deepgram:" in out
+    assert result["uvloop"] is True
+
+
+def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws() -> None:
+    out, result = run_bench("fanout.py", "--subscribers", "3", "--seconds", "1")
+    assert [(r["transport"], r["subscribers"]) for r in result["rows"]] == [("sse", 3), ("ws", 3)]
+    assert all(r["events_to_all"] > 0 for r in result["rows"])
+    assert "last p95" in out
 
 
 def test_engine_bench_prints_its_table() -> None:

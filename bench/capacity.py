@@ -1,0 +1,167 @@
+"""How many real-time sessions the gateway holds: p95 added latency < 20 ms, none behind.
+
+A trial runs N sessions for ``--seconds``: each sends 20 ms PCM16 frames at real-time pace on
+its WebSocket and reads its results on the same socket (as ``stt-gateway stream`` does). The
+load generator runs in ``--processes`` separate processes (``bench/loadgen.py``). A trial
+passes when
+
+- p95 of frame sent → its result received is under ``--p95-ms`` (20 ms),
+- no frame fell behind: the generator sent every frame within 20 ms of its real-time slot
+  (p99 send lag) and, for the instant engine, every frame's interim arrived (a subscriber
+  that falls behind gets its interims coalesced; the instant engine answers every frame).
+
+N doubles from ``--start`` until a trial fails, then bisects to within 10 %. Engines: the
+instant in-process engine (``bench/gateway.py``; its time is ~zero, so the limit is ours) and
+the Deepgram adapter against the local fake (``tests/fakes/deepgram.py``, in its own process,
+answering every 20 ms of audio with an interim).
+
+Run: ``.venv/bin/python bench/capacity.py [--engines instant,deepgram] [--uvloop]``
+Prints every trial, the capacity per engine, and one JSON line. No assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_s, free_port, start_gateway, stop, wait_up  # noqa: E402
+from bench.deepgram_overhead import CLIP, KEY, serve_fake  # noqa: E402
+from bench.loadgen import Load, pct, run_load  # noqa: E402
+
+MAX_SEND_LAG_MS = 20.0
+MIN_DELIVERED = 0.999
+
+
+def trial(
+    base: str, engine: str, sessions: int, args: argparse.Namespace, pids: dict[str, int]
+) -> dict[str, Any]:
+    """Run one trial of ``sessions`` sessions; its figures and verdict."""
+    audio = CLIP.pcm if engine == "deepgram" else b""
+    config_engine = "deepgram" if engine == "deepgram" else "local"  # instant is `local` there
+    load = Load("gateway", base, sessions, args.seconds, engine=config_engine, audio=audio)
+    cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+    t0 = time.perf_counter()
+    result = run_load(load, args.processes)
+    wall = time.perf_counter() - t0
+    lat = result.latency_ms["ws"]
+    row: dict[str, Any] = {
+        "engine": engine,
+        "sessions": sessions,
+        "results": len(lat),
+        "delivered": len(lat) / result.frames_due if result.frames_due else 0.0,
+        "p50_ms": pct(lat, 50),
+        "p95_ms": pct(lat, 95),
+        "p99_ms": pct(lat, 99),
+        "send_lag_p99_ms": pct(result.send_lag_ms, 99),
+        "loadgen_cpu": result.cpu_s / result.wall_s,
+    }
+    row |= {f"{name}_cpu": (cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    reasons = []
+    if not row["p95_ms"] < args.p95_ms:
+        reasons.append(f"p95 {row['p95_ms']:.1f} ms")
+    if not row["send_lag_p99_ms"] < MAX_SEND_LAG_MS:
+        reasons.append(f"generator behind (send lag p99 {row['send_lag_p99_ms']:.1f} ms)")
+    if engine == "instant" and row["delivered"] < MIN_DELIVERED:
+        reasons.append(f"interims delivered {row['delivered']:.1%}")
+    if result.closed_early:
+        reasons.append(f"{result.closed_early} streams cut")
+    row["pass"] = not reasons
+    row["why"] = "; ".join(reasons) or "ok"
+    print(
+        f"{engine:<9} {sessions:>6} {row['p50_ms']:>7.2f} {row['p95_ms']:>8.2f} "
+        f"{row['delivered']:>6.1%} {row['send_lag_p99_ms']:>8.2f} {row['loadgen_cpu']:>8.0%} "
+        f"{row['gateway_cpu']:>8.0%} {row.get('fake_cpu', 0):>5.0%}  {row['why']}",
+        flush=True,
+    )
+    return row
+
+
+def search(
+    base: str, engine: str, args: argparse.Namespace, pids: dict[str, int]
+) -> tuple[int, list[dict[str, Any]]]:
+    """Largest passing session count (0 if even ``--start`` fails) and every trial run."""
+    rows = []
+    good, bad = 0, None
+    n = args.start
+    while bad is None and n <= args.max:
+        rows.append(trial(base, engine, n, args, pids))
+        good, bad = (n, None) if rows[-1]["pass"] else (good, n)
+        n *= 2
+    while bad is not None and bad - good > max(1, good // 10):
+        n = (good + bad) // 2
+        rows.append(trial(base, engine, n, args, pids))
+        good, bad = (n, bad) if rows[-1]["pass"] else (good, n)
+    return good, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="instant,deepgram", help="comma-separated")
+    parser.add_argument("--seconds", type=float, default=8.0, help="audio per trial session")
+    parser.add_argument("--start", type=int, default=50, help="first session count tried")
+    parser.add_argument("--max", type=int, default=3200, help="largest session count tried")
+    parser.add_argument("--p95-ms", type=float, default=20.0)
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--uvloop", action="store_true", help="gateway on uvloop")
+    args = parser.parse_args()
+
+    fake_port, gw_port = free_port(), free_port()
+    fake = multiprocessing.get_context("spawn").Process(
+        target=serve_fake, args=(fake_port,), daemon=True
+    )
+    fake.start()
+    env = {
+        "STT_GATEWAY_MAX_SESSIONS": str(args.max + 10),
+        "STT_GATEWAY_ENGINE_PROCESSES": "1",  # the instant engine runs in the event loop
+        "DEEPGRAM_API_KEY": KEY,
+        "DEEPGRAM_URL": f"ws://127.0.0.1:{fake_port}",
+    }
+    gateway = start_gateway(gw_port, env, uvloop=args.uvloop)
+    capacity: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        asyncio.run(wait_up(f"http://127.0.0.1:{fake_port}/v1/listen"))
+        assert fake.pid is not None
+        print(
+            f"{args.seconds:g} s trials of 20 ms frames at real-time pace; {os.cpu_count()} cores; "
+            f"load generator: {args.processes} processes; gateway loop: "
+            f"{'uvloop' if args.uvloop else 'asyncio'}; pass: p95 < {args.p95_ms:g} ms, none behind"
+        )
+        print(
+            f"{'engine':<9} {'sessions':>6} {'p50 ms':>7} {'p95 ms':>8} {'deliv':>6} "
+            f"{'send lag':>8} {'loadgen':>8} {'gateway':>8} {'fake':>5}  verdict"
+        )
+        for engine in args.engines.split(","):
+            pids = {"gateway": gateway.pid} | ({"fake": fake.pid} if engine == "deepgram" else {})
+            capacity[engine], tried = search(f"http://127.0.0.1:{gw_port}", engine, args, pids)
+            rows += tried
+    finally:
+        stop(gateway)
+        fake.terminate()
+    for engine, n in capacity.items():
+        print(f"capacity {engine}: {n} real-time sessions")
+    print(
+        json.dumps(
+            {
+                "bench": "capacity",
+                "uvloop": args.uvloop,
+                "cores": os.cpu_count(),
+                "capacity": capacity,
+                "trials": rows,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
