@@ -43,16 +43,28 @@ MIN_DELIVERED = 0.999
 
 
 def trial(
-    base: str, engine: str, sessions: int, args: argparse.Namespace, pids: dict[str, int]
+    engine: str, sessions: int, args: argparse.Namespace, env: dict[str, str], fake_pid: int
 ) -> dict[str, Any]:
-    """Run one trial of ``sessions`` sessions; its figures and verdict."""
+    """Run one trial of ``sessions`` sessions on a fresh gateway; its figures and verdict.
+
+    Fresh, because ended sessions stay readable (``retention_s``) with their replay rings, and
+    what an earlier trial left on the heap lengthens the garbage collector's pauses.
+    """
+    port = free_port()
+    gateway = start_gateway(port, env, uvloop=args.uvloop)
+    pids = {"gateway": gateway.pid} | ({"fake": fake_pid} if engine == "deepgram" else {})
     audio = CLIP.pcm if engine == "deepgram" else b""
     config_engine = "deepgram" if engine == "deepgram" else "local"  # instant is `local` there
+    base = f"http://127.0.0.1:{port}"
     load = Load("gateway", base, sessions, args.seconds, engine=config_engine, audio=audio)
-    cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
-    t0 = time.perf_counter()
-    result = run_load(load, args.processes)
-    wall = time.perf_counter() - t0
+    try:
+        cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+        t0 = time.perf_counter()
+        result = run_load(load, args.processes)
+        wall = time.perf_counter() - t0
+        row_cpu = {f"{name}_cpu": (cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    finally:
+        stop(gateway)
     lat = result.latency_ms["ws"]
     row: dict[str, Any] = {
         "engine": engine,
@@ -65,7 +77,7 @@ def trial(
         "send_lag_p99_ms": pct(result.send_lag_ms, 99),
         "loadgen_cpu": result.cpu_s / result.wall_s,
     }
-    row |= {f"{name}_cpu": (cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    row |= row_cpu
     reasons = []
     if not row["p95_ms"] < args.p95_ms:
         reasons.append(f"p95 {row['p95_ms']:.1f} ms")
@@ -87,19 +99,19 @@ def trial(
 
 
 def search(
-    base: str, engine: str, args: argparse.Namespace, pids: dict[str, int]
+    engine: str, args: argparse.Namespace, env: dict[str, str], fake_pid: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """Largest passing session count (0 if even ``--start`` fails) and every trial run."""
     rows = []
     good, bad = 0, None
     n = args.start
     while bad is None and n <= args.max:
-        rows.append(trial(base, engine, n, args, pids))
+        rows.append(trial(engine, n, args, env, fake_pid))
         good, bad = (n, None) if rows[-1]["pass"] else (good, n)
         n *= 2
     while bad is not None and bad - good > max(1, good // 10):
         n = (good + bad) // 2
-        rows.append(trial(base, engine, n, args, pids))
+        rows.append(trial(engine, n, args, env, fake_pid))
         good, bad = (n, bad) if rows[-1]["pass"] else (good, n)
     return good, rows
 
@@ -115,7 +127,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="gateway on uvloop")
     args = parser.parse_args()
 
-    fake_port, gw_port = free_port(), free_port()
+    fake_port = free_port()
     fake = multiprocessing.get_context("spawn").Process(
         target=serve_fake, args=(fake_port,), daemon=True
     )
@@ -126,7 +138,6 @@ def main() -> None:
         "DEEPGRAM_API_KEY": KEY,
         "DEEPGRAM_URL": f"ws://127.0.0.1:{fake_port}",
     }
-    gateway = start_gateway(gw_port, env, uvloop=args.uvloop)
     capacity: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     try:
@@ -142,11 +153,9 @@ def main() -> None:
             f"{'send lag':>8} {'loadgen':>8} {'gateway':>8} {'fake':>5}  verdict"
         )
         for engine in args.engines.split(","):
-            pids = {"gateway": gateway.pid} | ({"fake": fake.pid} if engine == "deepgram" else {})
-            capacity[engine], tried = search(f"http://127.0.0.1:{gw_port}", engine, args, pids)
+            capacity[engine], tried = search(engine, args, env, fake.pid)
             rows += tried
     finally:
-        stop(gateway)
         fake.terminate()
     for engine, n in capacity.items():
         print(f"capacity {engine}: {n} real-time sessions")
