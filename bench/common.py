@@ -57,16 +57,22 @@ def raise_fd_limit() -> int:
 
 
 def start_gateway(
-    port: int, env: dict[str, str], *, engine: str = "instant", uvloop: bool = False
+    port: int,
+    env: dict[str, str],
+    *,
+    engine: str = "instant",
+    uvloop: bool = False,
+    gc: str = "on",
 ) -> subprocess.Popen[bytes]:
     """Start ``bench/gateway.py`` on ``127.0.0.1:port`` with ``STT_GATEWAY_*``-style ``env``
-    added to this process's environment. Returns once it answers ``/health``.
+    added to this process's environment (``engine``, ``uvloop``, ``gc``: its flags). Returns
+    once it answers ``/health``.
 
     Raises:
         RuntimeError: it did not come up within 30 s.
     """
     args = [sys.executable, str(ROOT / "bench" / "gateway.py"), "--port", str(port)]
-    args += ["--engine", engine] + (["--uvloop"] if uvloop else [])
+    args += ["--engine", engine, "--gc", gc] + (["--uvloop"] if uvloop else [])
     proc = subprocess.Popen(args, env=os.environ | {"STT_GATEWAY_LOG_LEVEL": "WARNING"} | env)
     try:
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/health"))

@@ -1,7 +1,8 @@
 """One session, many subscribers: time from publish to the last subscriber's receipt.
 
-For each N (default 10, 100, 1,000, 10,000) and each transport (SSE, then WS): a new session on
-the gateway with the instant engine (``bench/gateway.py``), N subscribers spread over
+For each N (default 10, 100, 1,000, 10,000) and each transport (SSE, then WS): a fresh gateway
+with the instant engine (``bench/gateway.py``; fresh, so that RSS per subscriber is not blurred
+by heap an earlier stage freed), one session, N subscribers spread over
 ``--processes`` subscriber processes, then a producer sending one ``--chunk-ms`` chunk per
 chunk period at real-time pace for ``--seconds``. The instant engine publishes one interim per
 chunk at once, so a chunk's send is its publish (plus a loopback hop, which the N = 10 row
@@ -221,8 +222,6 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="gateway on uvloop")
     args = parser.parse_args()
     raise_fd_limit()
-    port = free_port()
-    gateway = start_gateway(port, {"STT_GATEWAY_ENGINE_PROCESSES": "1"}, uvloop=args.uvloop)
     rows = []
     print(
         f"one session, {1000 / args.chunk_ms:g} events/s for {args.seconds:g} s; "
@@ -233,21 +232,23 @@ def main() -> None:
         f"{'sub':>4} {'N':>6} {'to all':>6} {'first p50':>9} {'last p50':>9} {'last p95':>9} "
         f"{'events/s':>9} {'cut':>5} {'connect s':>9} {'KB/sub':>7} {'sub CPU':>7}"
     )
-    try:
-        for transport in args.transports.split(","):
-            for n in (int(x) for x in args.subscribers.split(",")):
+    for transport in args.transports.split(","):
+        for n in (int(x) for x in args.subscribers.split(",")):
+            port = free_port()
+            gateway = start_gateway(port, {"STT_GATEWAY_ENGINE_PROCESSES": "1"}, uvloop=args.uvloop)
+            try:
                 r = asyncio.run(_stage(f"http://127.0.0.1:{port}", transport, n, args, gateway.pid))
-                rows.append(r)
-                print(
-                    f"{r['transport']:>4} {n:>6} {r['events_to_all']:>6} "
-                    f"{r['first_p50_ms']:>9.2f} {r['last_p50_ms']:>9.2f} {r['last_p95_ms']:>9.2f} "
-                    f"{r['delivered_per_s']:>9.0f} {r['cut'] + r['failed']:>5} "
-                    f"{r['connect_s']:>9.1f} {r['rss_kb_per_subscriber']:>7.1f} "
-                    f"{r['subscriber_cpu']:>6.0%}",
-                    flush=True,
-                )
-    finally:
-        stop(gateway)
+            finally:
+                stop(gateway)
+            rows.append(r)
+            print(
+                f"{r['transport']:>4} {n:>6} {r['events_to_all']:>6} "
+                f"{r['first_p50_ms']:>9.2f} {r['last_p50_ms']:>9.2f} {r['last_p95_ms']:>9.2f} "
+                f"{r['delivered_per_s']:>9.0f} {r['cut'] + r['failed']:>5} "
+                f"{r['connect_s']:>9.1f} {r['rss_kb_per_subscriber']:>7.1f} "
+                f"{r['subscriber_cpu']:>6.0%}",
+                flush=True,
+            )
     print(json.dumps({"bench": "fanout", "chunk_ms": args.chunk_ms, "rows": rows}))
 
 

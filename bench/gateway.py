@@ -6,16 +6,18 @@ every ``FINAL_EVERY_S`` of audio. Its own time is ~zero, so what a benchmark mea
 the gateway's: transports, session, event log, fan-out. It is registered as ``local`` (so a
 default session config uses it); ``deepgram`` stays the real adapter.
 
-Run: ``python bench/gateway.py --port 8000 [--uvloop] [--engine instant|local]``; settings come
-from ``STT_GATEWAY_*`` as for ``stt-gateway``.
+Run: ``python bench/gateway.py --port 8000 [--uvloop] [--engine instant|local] [--gc off|log]``;
+settings come from ``STT_GATEWAY_*`` as for ``stt-gateway``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -118,12 +120,42 @@ def providers(settings: Settings, engine: str) -> Callable[[WorkerPool], dict[st
     return make
 
 
+def watch_gc(min_ms: float = 10.0) -> None:
+    """Print every garbage collection that pauses the process ``min_ms`` or longer (stderr)."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause_ms = (time.perf_counter() - started[0]) * 1000
+        if pause_ms >= min_ms:
+            print(
+                f"gc: generation {info['generation']} paused {pause_ms:.1f} ms, "
+                f"{len(gc.get_objects())} objects tracked",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    gc.callbacks.append(callback)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--engine", choices=("instant", "local"), default="instant")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    parser.add_argument(
+        "--gc",
+        choices=("on", "off", "log"),
+        default="on",
+        help="off: no garbage collector (a counterfactual, memory grows); log: print pauses",
+    )
     args = parser.parse_args()
+    if args.gc == "off":
+        gc.disable()
+    elif args.gc == "log":
+        watch_gc()
     raise_fd_limit()
     settings = Settings(port=args.port)
     logging.basicConfig(level=settings.log_level.upper())

@@ -43,6 +43,8 @@ def test_soak_bench_prints_its_series() -> None:
 def test_capacity_bench_runs_a_trial_per_engine() -> None:
     out, result = run_bench(
         "capacity.py",
+        "--engines",
+        "instant,deepgram,local",
         "--seconds",
         "1",
         "--start",
@@ -56,6 +58,7 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
     assert [(t["engine"], t["sessions"]) for t in result["trials"]] == [
         ("instant", 2),
         ("deepgram", 2),
+        ("local", 2),
     ]
     assert all(t["results"] > 0 for t in result["trials"])
     assert "capacity deepgram:" in out
