@@ -11,6 +11,7 @@ from swagger_ui import api_doc
 from .engines.base import EngineProvider
 from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
+from .engines.whisper import WhisperEngineProvider
 from .engines.workers import WorkerPool
 from .metrics import GatewayMetrics
 from .registry import SessionRegistry
@@ -25,7 +26,11 @@ _JSON_BODY_SLACK = 64 * 1024
 
 def _default_providers(settings: Settings) -> Callable[[WorkerPool], dict[str, EngineProvider]]:
     def make(workers: WorkerPool) -> dict[str, EngineProvider]:
-        return {"local": LocalEngineProvider(workers), "deepgram": DeepgramProvider(settings)}
+        return {
+            "local": LocalEngineProvider(workers),
+            "whisper": WhisperEngineProvider(workers, settings),
+            "deepgram": DeepgramProvider(settings),
+        }
 
     return make
 

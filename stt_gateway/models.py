@@ -25,7 +25,7 @@ class SessionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    engine: Literal["local", "deepgram"] = "local"
+    engine: Literal["local", "whisper", "deepgram"] = "local"
     language: str | None = Field(
         None, min_length=2, max_length=35, description="BCP-47 tag; default: the engine's own"
     )

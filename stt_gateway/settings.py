@@ -79,6 +79,38 @@ class Settings(BaseSettings):
         10.0, gt=0, description="longest wait for an engine to flush its last finals on close"
     )
 
+    whisper_model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("WHISPER_MODEL", "STT_GATEWAY_WHISPER_MODEL"),
+        description="engine 'whisper': a CTranslate2 Whisper model directory or the name of "
+        "a model already in the local Hugging Face cache; default: the packaged tiny.en, "
+        "checked against pinned sha256 hashes",
+    )
+    whisper_no_speech_prob: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="a Whisper segment more likely than this to be no speech is dropped",
+    )
+    whisper_min_avg_logprob: float = Field(
+        -1.0,
+        le=0,
+        description="a Whisper segment whose mean token log-probability is lower "
+        "is dropped (a guess, not a transcription)",
+    )
+    whisper_blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "thanks for watching",
+            "thank you for watching",
+            "please subscribe",
+            "subtitles by",
+            "시청해주셔서 감사합니다",
+            "구독과 좋아요",
+        ],
+        description="phrases Whisper makes up from noise; a segment containing one is dropped "
+        "(compared lower-cased, without punctuation)",
+    )
+
     deepgram_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("DEEPGRAM_API_KEY", "STT_GATEWAY_DEEPGRAM_API_KEY"),

