@@ -13,11 +13,11 @@ passes when
 N doubles from ``--start`` until a trial fails, then bisects to within 10 %. Engines: the
 instant in-process engine (``bench/gateway.py``; its time is ~zero, so the limit is ours) and
 the Deepgram adapter against the local fake (``tests/fakes/deepgram.py``, in its own process,
-answering every 20 ms of audio with an interim); on request also ``local``, the embedded
-engine on real speech, judged against ``--local-p95-ms`` (its decoding is real work): how many
-real-time streams of it this box holds.
+answering every 20 ms of audio with an interim); on request also ``local`` and ``whisper``,
+the speech engines on real speech, judged against ``--local-p95-ms`` (their decoding is real
+work): how many real-time streams of each this box holds.
 
-Run: ``.venv/bin/python bench/capacity.py [--engines instant,deepgram,local] [--uvloop]``
+Run: ``.venv/bin/python bench/capacity.py [--engines instant,deepgram,local,whisper] [--uvloop]``
 Prints every trial, the capacity per engine, and one JSON line. No assertions.
 """
 
@@ -53,19 +53,20 @@ def trial(
     what an earlier trial left on the heap lengthens the garbage collector's pauses.
     """
     port = free_port()
-    if engine == "local":  # the embedded engine decodes in worker processes, one per core
+    real = engine in ("local", "whisper")  # real speech engines, decoding in worker processes
+    if real:  # one worker per core, the gateway's default
         env = {k: v for k, v in env.items() if k != "STT_GATEWAY_ENGINE_PROCESSES"}
     gateway = start_gateway(
         port,
         env,
-        engine="local" if engine == "local" else "instant",
+        engine="local" if real else "instant",
         uvloop=args.uvloop,
         gc=args.gc,
     )
     pids = {"gateway": gateway.pid} | ({"fake": fake_pid} if engine == "deepgram" else {})
-    audio = CLIP.pcm if engine in ("deepgram", "local") else b""
-    config_engine = "deepgram" if engine == "deepgram" else "local"  # instant is `local` there
-    limit_ms = args.local_p95_ms if engine == "local" else args.p95_ms
+    audio = CLIP.pcm if engine != "instant" else b""
+    config_engine = "local" if engine == "instant" else engine  # instant is `local` there
+    limit_ms = args.local_p95_ms if real else args.p95_ms
     base = f"http://127.0.0.1:{port}"
     load = Load("gateway", base, sessions, args.seconds, engine=config_engine, audio=audio)
     try:
@@ -138,7 +139,7 @@ def main() -> None:
         "--local-p95-ms",
         type=float,
         default=500.0,
-        help="the embedded engine's bound: its own decoding takes ~100-300 ms per result",
+        help="bound for local and whisper, whose own decoding takes ~100-300 ms per result",
     )
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument("--uvloop", action="store_true", help="gateway on uvloop")
@@ -170,7 +171,8 @@ def main() -> None:
             f"{args.seconds:g} s trials of 20 ms frames at real-time pace; {os.cpu_count()} cores; "
             f"load generator: {args.processes} processes; gateway loop: "
             f"{'uvloop' if args.uvloop else 'asyncio'}; gc {args.gc}; "
-            f"pass: p95 < {args.p95_ms:g} ms (local: {args.local_p95_ms:g} ms), none behind"
+            f"pass: p95 < {args.p95_ms:g} ms (local, whisper: {args.local_p95_ms:g} ms), "
+            "none behind"
         )
         print(
             f"{'engine':<9} {'sessions':>6} {'p50 ms':>7} {'p95 ms':>8} {'deliv':>6} "

@@ -31,6 +31,7 @@ from stt_gateway.app import create_app  # noqa: E402
 from stt_gateway.engines.base import Engine, EngineProvider  # noqa: E402
 from stt_gateway.engines.deepgram import DeepgramProvider  # noqa: E402
 from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
+from stt_gateway.engines.whisper import WhisperEngineProvider  # noqa: E402
 from stt_gateway.engines.workers import WorkerPool  # noqa: E402
 from stt_gateway.events import EngineResult, FinalData, TokenData  # noqa: E402
 from stt_gateway.models import SessionConfig  # noqa: E402
@@ -111,11 +112,16 @@ class InstantProvider(EngineProvider):
 
 
 def providers(settings: Settings, engine: str) -> Callable[[WorkerPool], dict[str, EngineProvider]]:
-    """The engine table for ``create_app``: ``local`` is the instant engine or the real one."""
+    """The engine table for ``create_app``: ``local`` is the instant engine or the real one;
+    ``whisper`` and ``deepgram`` are the real ones."""
 
     def make(workers: WorkerPool) -> dict[str, EngineProvider]:
         local = InstantProvider() if engine == "instant" else LocalEngineProvider(workers)
-        return {"local": local, "deepgram": DeepgramProvider(settings)}
+        return {
+            "local": local,
+            "whisper": WhisperEngineProvider(workers, settings),
+            "deepgram": DeepgramProvider(settings),
+        }
 
     return make
 

@@ -44,7 +44,7 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
     out, result = run_bench(
         "capacity.py",
         "--engines",
-        "instant,deepgram,local",
+        "instant,deepgram,local,whisper",
         "--seconds",
         "1",
         "--start",
@@ -59,6 +59,7 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
         ("instant", 2),
         ("deepgram", 2),
         ("local", 2),
+        ("whisper", 2),
     ]
     assert all(t["results"] > 0 for t in result["trials"])
     assert "capacity deepgram:" in out
