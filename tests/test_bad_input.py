@@ -164,7 +164,7 @@ async def test_unknown_session_is_404_session_not_found(
         ({"config": {"sample_rate": 100}}, "sample_rate"),
         ({"config": {"channels": 2}}, "channels"),
         ({"config": {"encoding": "opus"}}, "encoding"),
-        ({"config": {"engine": "whisper"}}, "engine"),
+        ({"config": {"engine": "vosk"}}, "engine"),
         ({"config": {"language": "ko"}}, "language"),
         ({"config": {"model": "nova-3"}}, "model"),
         ({"config": {"interim_results": "yes"}}, "interim_results"),
