@@ -365,13 +365,15 @@ async def test_ready_checks_that_deepgram_is_reachable(
     async with http.get(f"{gw.base}/ready") as resp:
         assert resp.status == 200
         assert (await resp.json())["engines"]["deepgram"] is True
-    with socket.socket() as s:  # a port nobody listens on
+    # A port bound but not listening: refused, and kept bound so that no server started
+    # meanwhile (the gateway below) can be given it.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    down = await start_dg(deepgram_url=f"ws://127.0.0.1:{closed_port}")
-    async with http.get(f"{down.base}/ready") as resp:
-        assert resp.status == 503
-        body = await resp.json()
+        down = await start_dg(deepgram_url=f"ws://127.0.0.1:{closed_port}")
+        async with http.get(f"{down.base}/ready") as resp:
+            assert resp.status == 503
+            body = await resp.json()
     assert "cannot reach 127.0.0.1" in body["engines"]["deepgram"]
     assert body["engines"]["local"] is True
 

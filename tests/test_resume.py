@@ -58,7 +58,10 @@ async def read_some_ws(
     except TimeoutError:
         pass
     finally:
-        ws._response.connection.transport.abort()  # type: ignore[union-attr]  # a real drop
+        # A real drop, unless the server already ended the socket (the session ended).
+        connection = ws._response.connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.abort()
         await ws.close()
 
 
