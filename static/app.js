@@ -12,6 +12,10 @@ const ui = {
 let engines = {};
 let live = null; // {sessionId, ws, es, ctx, stream, node, pending, captureStart}
 const timing = { onsetWall: null, firstTokenSeen: false, lastTtftMs: null };
+// Where the shown interim and the latest utterance start (s of session audio): a final (and
+// its speech_end) can arrive after the next utterance began (engine "whisper" makes finals in
+// a second pass), and must not wipe what belongs to the newer utterance.
+const shown = { interimStart: null, speechStart: null };
 
 function say(text) { ui.status.textContent = text; }
 function warn(html) { ui.notice.innerHTML = html; ui.notice.hidden = false; }
@@ -29,6 +33,7 @@ function onEvent(ev) {
   switch (ev.event_type) {
     case "token":
       ui.interim.textContent = (ui.finals.textContent ? " " : "") + d.text;
+      shown.interimStart = d.start;
       if (!timing.firstTokenSeen && timing.onsetWall !== null) {
         timing.firstTokenSeen = true;
         timing.lastTtftMs = Math.round(performance.now() - timing.onsetWall);
@@ -36,16 +41,20 @@ function onEvent(ev) {
       break;
     case "final":
       ui.finals.textContent += (ui.finals.textContent ? " " : "") + d.text;
-      ui.interim.textContent = "";
+      if (shown.interimStart === null || shown.interimStart <= d.end) {
+        ui.interim.textContent = "";
+        shown.interimStart = null;
+      }
       break;
     case "speech_start":
       setSpeaking(true);
+      shown.speechStart = d.timestamp;
       timing.firstTokenSeen = false;
       // The page knows when the audio at session time t was captured (live view only).
       timing.onsetWall = live ? live.captureStart + d.timestamp * 1000 : null;
       break;
     case "speech_end":
-      setSpeaking(false);
+      if (shown.speechStart === null || d.last_word_end >= shown.speechStart) setSpeaking(false);
       if (timing.lastTtftMs !== null) {
         ui.ttft.textContent = `Time to first interim in the last utterance: ${timing.lastTtftMs} ms after speech onset.`;
         timing.lastTtftMs = null;
@@ -185,6 +194,8 @@ async function start() {
   session.sessionId = created.session_id;
   ui.finals.textContent = "";
   ui.interim.textContent = "";
+  shown.interimStart = null;
+  shown.speechStart = null;
   ui.ttft.textContent = "";
   session.es = listen(created.session_id);
   const ws = new WebSocket(created.ws_url.replace(/^wss?:\/\/[^/]+/, wsOrigin()));

@@ -44,7 +44,8 @@ def create_app(
     Args:
         settings: configuration; default: read from the environment and ``.env``.
         providers: builds the engines by config name from the engine worker pool; default:
-            the embedded ``local`` engine and ``deepgram`` (available when its key is set).
+            the embedded ``local`` engine, ``whisper`` (available when its model is) and
+            ``deepgram`` (available when its key is set).
             Tests and benchmarks pass their own.
 
     The engine worker processes start when the app starts and stop on cleanup; live sessions
@@ -75,6 +76,8 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         workers.start()
+        if (default := engines.get(settings.default_engine)) is not None:
+            default.prepare()
         yield
         for provider in engines.values():
             await provider.close()

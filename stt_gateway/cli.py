@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
+    serve.add_argument(
+        "--default-engine",
+        choices=("local", "whisper", "deepgram"),
+        help="engine of sessions that name none (default local)",
+    )
 
     for name, what in (
         ("stream", "stream a WAV or raw PCM16 file to a gateway"),
@@ -49,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--rate", type=int, default=16_000, help="sample rate (Hz) of a raw (non-WAV) file"
             )
-            p.add_argument("--engine", help="local (default) or deepgram")
+            p.add_argument("--engine", help="local, whisper or deepgram (default: the gateway's)")
             p.add_argument("--language", help="BCP-47 tag, e.g. ko")
         else:
             p.add_argument("session_id")

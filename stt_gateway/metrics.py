@@ -2,7 +2,9 @@
 
 Counted where they happen, never per audio frame: events by type as they are published,
 latencies as results are published, drops as they occur. Sessions by engine and state, and
-audio seconds, are read from the session registry at scrape time.
+audio seconds, are read from the session registry at scrape time, as are the counters of an
+engine's second-pass pool (``stt_second_pass_*``, engine ``whisper``: jobs waiting and running,
+refused when saturated, failed, and how long jobs waited for a worker).
 
 Latency histograms (seconds), labelled by engine:
 - ``stt_time_to_first_token_seconds``: speech onset arrived → first interim published;
@@ -16,9 +18,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from .engines.second_pass import WAIT_BUCKETS_S
 from .session import SessionObserver
 
 if TYPE_CHECKING:
@@ -111,9 +119,9 @@ class _SessionCollector(Collector):
         counts: dict[tuple[str, str], int] = {}
         audio: dict[str, float] = dict(self._sessions.removed_audio_seconds)
         for s in self._sessions.all():
-            key = (s.config.engine, s.state)
+            key = (s.engine_name, s.state)
             counts[key] = counts.get(key, 0) + 1
-            audio[s.config.engine] = audio.get(s.config.engine, 0.0) + s.audio_seconds
+            audio[s.engine_name] = audio.get(s.engine_name, 0.0) + s.audio_seconds
         for (engine, state), n in sorted(counts.items()):
             by_state.add_metric([engine, state], n)
         yield by_state
@@ -123,3 +131,38 @@ class _SessionCollector(Collector):
         for engine, total in sorted(audio.items()):
             seconds.add_metric([engine], total)
         yield seconds
+        yield from _second_pass_metrics(self._sessions)
+
+
+def _second_pass_metrics(sessions: SessionRegistry) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily(
+        "stt_second_pass_jobs",
+        "Second passes (Whisper finals) waiting for a worker or running, by engine",
+        labels=["engine", "state"],
+    )
+    outcomes = CounterMetricFamily(
+        "stt_second_pass_jobs_ended",
+        "Second passes by outcome: done, failed, or refused (queue full: the streaming "
+        "engine's final was published instead)",
+        labels=["engine", "outcome"],
+    )
+    waits = HistogramMetricFamily(
+        "stt_second_pass_wait_seconds",
+        "Time an ended utterance waited for a second-pass worker",
+        labels=["engine"],
+    )
+    for engine, provider in sorted(sessions.providers.items()):
+        stats = provider.second_pass_stats()
+        if stats is None:
+            continue
+        jobs.add_metric([engine, "queued"], stats.queued)
+        jobs.add_metric([engine, "running"], stats.running)
+        for outcome in ("done", "failed", "refused"):
+            outcomes.add_metric([engine, outcome], getattr(stats, outcome))
+        cumulative = 0
+        buckets = []
+        for bound, count in zip((*WAIT_BUCKETS_S, float("inf")), stats.wait_buckets, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        waits.add_metric([engine], buckets, sum_value=stats.wait_sum_s)
+    yield from (jobs, outcomes, waits)

@@ -15,6 +15,10 @@ def _whole_number(value: Any) -> Any:
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
+EngineName = Literal["local", "whisper", "deepgram"]
+"""The engines a session config may name."""
+
+
 class SessionConfig(BaseModel):
     """A session's recognition config. Every key is optional; unknown keys are refused.
 
@@ -25,7 +29,9 @@ class SessionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    engine: Literal["local", "whisper", "deepgram"] = "local"
+    engine: EngineName | None = Field(
+        None, description="default: the gateway's default engine (`local` unless set otherwise)"
+    )
     language: str | None = Field(
         None, min_length=2, max_length=35, description="BCP-47 tag; default: the engine's own"
     )
@@ -81,6 +87,11 @@ class SessionInfo(BaseModel):
     config: SessionConfig
     request_id: str | None = Field(
         None, description="the upstream service's id for this stream (Deepgram request_id)"
+    )
+    final_lag_ms: float = Field(
+        0.0,
+        description="ms the oldest ended utterance has waited for its final (0: none waits); "
+        "grows when the engine's final pass is saturated (engine whisper)",
     )
 
 

@@ -49,13 +49,14 @@ class SessionRegistry:
             EngineUnavailable: that engine cannot serve on this install.
             InvalidConfig: a value the engine cannot honour.
         """
-        provider = self.providers.get(config.engine)
+        name = config.engine or self._settings.default_engine
+        provider = self.providers.get(name)
         if provider is None:
-            raise InvalidConfig(f"engine: {config.engine!r} is not an engine of this gateway")
+            raise InvalidConfig(f"engine: {name!r} is not an engine of this gateway")
         reason = provider.unavailable_reason()
         if reason is not None:
-            raise EngineUnavailable(f"engine: {config.engine!r} is not available here: {reason}")
-        return provider, provider.resolve(config)
+            raise EngineUnavailable(f"engine: {name!r} is not available here: {reason}")
+        return provider, provider.resolve(config.model_copy(update={"engine": name}))
 
     async def create(self, config: SessionConfig) -> Session:
         """Create and start a session.
@@ -84,7 +85,7 @@ class SessionRegistry:
             close_timeout_s=s.close_timeout_s,
             idle_timeout_s=s.idle_timeout_s,
             on_closed=self._closed,
-            observer=self._metrics.observer(resolved.engine) if self._metrics else None,
+            observer=self._metrics.observer(provider.name) if self._metrics else None,
         )
         self._live += 1
         try:
@@ -128,7 +129,7 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         self._removals.pop(session_id, None)
         if session is not None:
-            engine = session.config.engine
+            engine = session.engine_name
             self.removed_audio_seconds[engine] = (
                 self.removed_audio_seconds.get(engine, 0.0) + session.audio_seconds
             )

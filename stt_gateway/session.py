@@ -145,6 +145,11 @@ class Session:
         return self._state
 
     @property
+    def engine_name(self) -> str:
+        """The engine this session runs on (its resolved config names one)."""
+        return self.config.engine or "unknown"
+
+    @property
     def last_seq(self) -> int:
         """``seq`` of the newest event; 0 before the first."""
         return self._log.last_seq
@@ -333,4 +338,5 @@ class Session:
             replay_bytes=self._log.ring_size[1],
             config=self.config,
             request_id=self._engine.upstream_id(),
+            final_lag_ms=round(self._engine.final_lag_s() * 1000, 1),
         )

@@ -12,6 +12,8 @@ import os
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .models import EngineName
+
 
 class Settings(BaseSettings):
     """Process-wide configuration. All durations are seconds unless the name says ``_ms``."""
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
     log_level: str = Field("INFO", description="logging level name")
 
+    default_engine: EngineName = Field(
+        "local", description="engine of sessions whose config names none"
+    )
     max_sessions: int = Field(200, ge=1, description="live (not yet closed) sessions at once")
     max_chunk_bytes: int = Field(
         512 * 1024, ge=2, description="largest audio chunk (one POST or WS frame), bytes"
@@ -85,6 +90,18 @@ class Settings(BaseSettings):
         description="engine 'whisper': a CTranslate2 Whisper model directory or the name of "
         "a model already in the local Hugging Face cache; default: the packaged tiny.en, "
         "checked against pinned sha256 hashes",
+    )
+    whisper_processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 2,
+        ge=1,
+        description="engine 'whisper': worker processes for Whisper passes, apart from the "
+        "streaming engine workers (default: one per core)",
+    )
+    whisper_queue: int = Field(
+        8,
+        ge=1,
+        description="engine 'whisper': ended utterances that may wait for a Whisper worker; "
+        "past that an utterance gets the streaming engine's final (saturation)",
     )
     whisper_no_speech_prob: float = Field(
         0.6,

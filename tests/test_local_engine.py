@@ -7,17 +7,18 @@ import numpy as np
 import soxr
 
 from stt_gateway.engines.local import DecoderPool, LocalRecognizer
-from stt_gateway.events import EngineResult, FinalData, SpeechEndData, SpeechStartData
+from stt_gateway.engines.pooled import RecognizerOutput
+from stt_gateway.events import FinalData, SpeechEndData, SpeechStartData
 from tests.audio_files import clip, clips, wer
 from tests.gateway_client import frames
 
 
 def recognize(
     pool: DecoderPool, pcm: bytes, rate: int = 16_000, frame_ms: int = 0
-) -> list[EngineResult]:
+) -> list[RecognizerOutput]:
     rec = LocalRecognizer(input_rate=rate, endpointing_ms=500, interim_results=True, pool=pool)
     chunks = frames(pcm, rate, frame_ms) if frame_ms else [pcm]
-    out: list[EngineResult] = []
+    out: list[RecognizerOutput] = []
     for chunk in chunks:
         out += rec.process(chunk)
     return out + rec.close()

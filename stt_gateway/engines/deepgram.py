@@ -552,6 +552,10 @@ class DeepgramProvider(EngineProvider):
     def languages(self) -> list[str]:
         return LANGUAGES
 
+    @property
+    def default_model(self) -> str:
+        return DEFAULT_MODEL
+
     def unavailable_reason(self) -> str | None:
         if self._settings.deepgram_api_key is None:
             return "DEEPGRAM_API_KEY is not set"

@@ -17,7 +17,6 @@ import math
 import re
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,6 @@ from pocketsphinx import Decoder
 from ..audio import Int16Array, Resampler
 from ..errors import InvalidConfig
 from ..events import (
-    EngineResult,
     FinalData,
     SpeechEndData,
     SpeechStartData,
@@ -35,7 +33,7 @@ from ..events import (
 )
 from ..models import SessionConfig
 from .base import Engine, EngineProvider
-from .pooled import PooledEngine
+from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio
 from .vad import VAD_RATE, WINDOW_SAMPLES, SileroVad
 from .workers import WorkerPool
 
@@ -59,12 +57,6 @@ MAX_UTTERANCE_S = 30.0
 
 WINDOW_S = WINDOW_SAMPLES / VAD_RATE
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "and(2)": the dictionary's 2nd pronunciation of "and"
-
-
-FinalPass = Callable[[Int16Array, float, bool], "FinalData | None"]
-"""A second pass over a whole utterance at its endpoint, whose result replaces pocketsphinx's
-final: ``(audio, start_s, speech_final) -> final or None``. ``audio`` is the utterance's 16 kHz
-PCM16 (pre-roll included), ``start_s`` its first sample's session time (s)."""
 
 
 def _is_word(token: str) -> bool:
@@ -112,8 +104,8 @@ class LocalRecognizer:
         endpointing_ms: silence (ms) that ends an utterance.
         interim_results: whether to produce interim ``TokenData``.
         pool: where the decoder comes from and goes back to on :meth:`close`.
-        final_pass: when given, each utterance's audio is kept and this makes its final
-            (pocketsphinx then gives only the interims and the endpoints).
+        keep_audio: hand each utterance back as :class:`~.pooled.UtteranceAudio` (its audio,
+            pocketsphinx's final and the ``speech_end``) for a second pass to make the final.
     """
 
     def __init__(
@@ -123,11 +115,11 @@ class LocalRecognizer:
         endpointing_ms: int,
         interim_results: bool,
         pool: DecoderPool,
-        final_pass: FinalPass | None = None,
+        keep_audio: bool = False,
     ) -> None:
         self._pool = pool
-        self._final_pass = final_pass
-        self._utt_audio: list[Int16Array] = []  # the utterance so far, when final_pass is set
+        self._keep_audio = keep_audio
+        self._utt_audio: list[Int16Array] = []  # the utterance so far, when keep_audio
         self._decoder = pool.acquire()
         self._vad = SileroVad()
         self._resampler = Resampler(input_rate, VAD_RATE) if input_rate != VAD_RATE else None
@@ -148,14 +140,14 @@ class LocalRecognizer:
 
     # -- the Recognizer protocol ---------------------------------------------------------
 
-    def process(self, pcm: bytes) -> list[EngineResult]:
+    def process(self, pcm: bytes) -> list[RecognizerOutput]:
         samples = np.frombuffer(pcm, dtype="<i2")
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         return self._consume(samples)
 
-    def finalize(self) -> list[EngineResult]:
-        out: list[EngineResult] = []
+    def finalize(self) -> list[RecognizerOutput]:
+        out: list[RecognizerOutput] = []
         if self._in_speech:
             # Give the decoder the sub-window tail too: finalize means "all you have".
             if self._carry.size:
@@ -165,8 +157,8 @@ class LocalRecognizer:
             self._end_utterance(out, speech_final=False)
         return out
 
-    def close(self) -> list[EngineResult]:
-        out: list[EngineResult] = []
+    def close(self) -> list[RecognizerOutput]:
+        out: list[RecognizerOutput] = []
         if self._resampler is not None:
             out.extend(self._consume(self._resampler.flush()))
         out.extend(self.finalize())
@@ -175,8 +167,8 @@ class LocalRecognizer:
 
     # -- windows -------------------------------------------------------------------------
 
-    def _consume(self, samples: Int16Array) -> list[EngineResult]:
-        out: list[EngineResult] = []
+    def _consume(self, samples: Int16Array) -> list[RecognizerOutput]:
+        out: list[RecognizerOutput] = []
         if self._carry.size:
             samples = np.concatenate((self._carry, samples))
         n = samples.size // WINDOW_SAMPLES
@@ -185,7 +177,7 @@ class LocalRecognizer:
         self._carry = samples[n * WINDOW_SAMPLES :].copy()
         return out
 
-    def _window(self, window: Int16Array, out: list[EngineResult]) -> None:
+    def _window(self, window: Int16Array, out: list[RecognizerOutput]) -> None:
         prob = self._vad.probability(window)
         self._windows += 1
         if not self._in_speech:
@@ -211,7 +203,7 @@ class LocalRecognizer:
         elif self._interim and self._utt_windows % INTERIM_WINDOWS == 0:
             self._emit_partial(out)
 
-    def _start_utterance(self, out: list[EngineResult]) -> None:
+    def _start_utterance(self, out: list[RecognizerOutput]) -> None:
         self._onset_s = round((self._windows - self._speech_run) * WINDOW_S, 3)
         out.append(SpeechStartData(timestamp=self._onset_s))
         self._decoder.start_utt()
@@ -226,10 +218,10 @@ class LocalRecognizer:
         self._last_partial = ""
 
     def _keep(self, samples: Int16Array) -> None:
-        if self._final_pass is not None:
+        if self._keep_audio:
             self._utt_audio.append(samples)
 
-    def _emit_partial(self, out: list[EngineResult]) -> None:
+    def _emit_partial(self, out: list[RecognizerOutput]) -> None:
         hyp = self._decoder.hyp()
         text = hyp.hypstr if hyp is not None else ""
         if text and text != self._last_partial:
@@ -245,7 +237,7 @@ class LocalRecognizer:
             )
 
     def _end_utterance(
-        self, out: list[EngineResult], *, speech_final: bool, keep_speech: bool = False
+        self, out: list[RecognizerOutput], *, speech_final: bool, keep_speech: bool = False
     ) -> None:
         self._decoder.end_utt()
         offset = self._utt_first_window * WINDOW_S
@@ -272,24 +264,31 @@ class LocalRecognizer:
             if words
             else None
         )
-        if self._final_pass is not None:
-            audio = np.concatenate(self._utt_audio) if self._utt_audio else np.zeros(0, np.int16)
+        if keep_speech:
+            speech_end = None
+        else:
+            end_of_speech = (self._windows - self._silence_run) * WINDOW_S
+            speech_end = SpeechEndData(
+                last_word_end=words[-1].end if words else round(end_of_speech, 3)
+            )
+        if self._keep_audio:
+            pcm = b"".join(w.tobytes() for w in self._utt_audio)
             self._utt_audio = []
-            final = self._final_pass(audio, round(offset, 3), speech_final)
-            words = final.words if final is not None else []
-        if final is not None:
-            out.append(final)
+            out.append(UtteranceAudio(pcm, round(offset, 3), speech_final, final, speech_end))
+        else:
+            if final is not None:
+                out.append(final)
+            if speech_end is not None:
+                out.append(speech_end)
         if keep_speech:
             self._decoder.start_utt()
             self._utt_first_window = self._windows
             self._onset_s = round(self._windows * WINDOW_S, 3)
             self._utt_windows = 0
             self._last_partial = ""
-            return
-        self._in_speech = False
-        self._speech_run = 0
-        end_of_speech = (self._windows - self._silence_run) * WINDOW_S
-        out.append(SpeechEndData(last_word_end=words[-1].end if words else round(end_of_speech, 3)))
+        else:
+            self._in_speech = False
+            self._speech_run = 0
 
 
 _PROCESS_DECODERS = DecoderPool(max_idle=8)
@@ -333,6 +332,10 @@ class LocalEngineProvider(EngineProvider):
     @property
     def languages(self) -> list[str]:
         return [LANGUAGE]
+
+    @property
+    def default_model(self) -> str:
+        return MODEL
 
     def unavailable_reason(self) -> str | None:
         return None

@@ -5,6 +5,10 @@ is described by a picklable :class:`RecognizerSpec` and built inside a worker (s
 :mod:`stt_gateway.engines.workers`). :class:`PooledEngine` pumps it: audio and commands go
 through one bounded inbox, and audio already queued is sent to the worker as one batch, so a
 stream that fell behind catches up in few round trips.
+
+A recogniser may hand back an utterance's audio at its endpoint (:class:`UtteranceAudio`) for
+a second, slower pass run elsewhere (engine ``whisper``); :class:`PooledEngine` alone publishes
+the first pass's final it carries.
 """
 
 from __future__ import annotations
@@ -12,27 +16,51 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ..events import EngineResult, TokenData
+from ..events import EngineResult, FinalData, SpeechEndData, TokenData
 from .base import Engine
 
 if TYPE_CHECKING:
     from .workers import WorkerPool, WorkerStream
 
 
+@dataclass(frozen=True, slots=True)
+class UtteranceAudio:
+    """An utterance ended: its audio, for a second pass that makes the final.
+
+    Attributes:
+        pcm: the utterance's 16 kHz mono PCM16 (pre-roll included), bytes.
+        start_s: session time (s) of its first sample.
+        speech_final: whether silence ended it (``False``: finalize, close, or length cap).
+        fallback: the first pass's own final (``None``: it heard no words), published when
+            the second pass cannot run.
+        speech_end: the ``speech_end`` that follows the final (``None`` when speech goes on).
+    """
+
+    pcm: bytes
+    start_s: float
+    speech_final: bool
+    fallback: FinalData | None
+    speech_end: SpeechEndData | None
+
+
+RecognizerOutput = EngineResult | UtteranceAudio
+
+
 class Recognizer(Protocol):
     """A synchronous recognition stream. Never called from two threads at once."""
 
-    def process(self, pcm: bytes) -> list[EngineResult]:
+    def process(self, pcm: bytes) -> list[RecognizerOutput]:
         """Take PCM16 audio (any whole number of samples); return the results it produced."""
         ...
 
-    def finalize(self) -> list[EngineResult]:
+    def finalize(self) -> list[RecognizerOutput]:
         """End the utterance in progress now; return its final results."""
         ...
 
-    def close(self) -> list[EngineResult]:
+    def close(self) -> list[RecognizerOutput]:
         """End the stream: flush buffered audio and finalize; return the last results.
         The recogniser is not used afterwards."""
         ...
@@ -86,6 +114,21 @@ class PooledEngine(Engine):
         await self._inbox.put(_Command.CLOSE)
 
     async def results(self) -> AsyncIterator[EngineResult]:
+        async for output in self.outputs():
+            if isinstance(output, UtteranceAudio):
+                if output.fallback is not None:
+                    yield output.fallback
+                if output.speech_end is not None:
+                    yield output.speech_end
+            else:
+                yield output
+
+    async def outputs(self) -> AsyncIterator[RecognizerOutput]:
+        """What the recogniser produces, in order (see :meth:`results`), until closed.
+
+        Raises:
+            EngineError: the worker failed.
+        """
         stream = self._stream
         if stream is None:
             raise RuntimeError("results() before start()")
@@ -117,7 +160,7 @@ class PooledEngine(Engine):
             stream.discard()  # no-op after a clean close
 
 
-def _newest_interims(results: list[EngineResult]) -> list[EngineResult]:
+def _newest_interims(results: list[RecognizerOutput]) -> list[RecognizerOutput]:
     """Drop each interim that the next result in the same batch supersedes.
 
     A stream that fell behind gets its audio back in one batch, and with it a run of interims

@@ -1,10 +1,18 @@
 """Engine ``whisper``: streaming partials from the local engine, Whisper finals at endpoints.
 
-While an utterance runs, pocketsphinx (``engines/local.py``) gives the interims and the Silero
-VAD finds the endpoint; at the endpoint one Whisper pass (faster-whisper on CTranslate2: int8,
-one thread, beam 5, temperature 0) over the utterance's audio makes the ``final``, with
-Whisper's word timestamps and word probabilities. Both run in the engine worker processes (a
-bounded pool, off the event loop); each worker loads a model once and keeps it.
+While an utterance runs, pocketsphinx (``engines/local.py``, in the engine worker processes)
+gives the interims and the Silero VAD finds the endpoint; at the endpoint one Whisper pass
+(faster-whisper on CTranslate2: int8, one thread, beam 5, temperature 0) over the utterance's
+audio makes the ``final``, with Whisper's word timestamps and word probabilities. Whisper
+passes run in processes of their own (:class:`~.second_pass.SecondPassPool`: bounded FIFO,
+each worker loads the model once), so a long pass never holds up anyone's interims.
+
+Finals stay in utterance order within a session, but while Whisper works on one utterance the
+next one's ``speech_start`` and interims are published: a final can follow interims of the
+utterance after it (its ``start``/``end`` say which audio it covers). When the pool is
+saturated (its queue full) the utterance gets pocketsphinx's final instead, at once; how far
+behind Whisper is shows as ``final_lag_ms`` in ``GET /sessions/{id}`` and in the
+``stt_second_pass_*`` metrics.
 
 Model: ``WHISPER_MODEL`` is a CTranslate2 Whisper model directory or the name of a model in the
 local Hugging Face cache (never downloaded: the gateway may run offline). The default is the
@@ -18,9 +26,14 @@ its ``no_speech_prob`` is above ``whisper_no_speech_prob``, its ``avg_logprob`` 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +41,17 @@ from typing import Any
 import numpy as np
 
 from ..audio import Int16Array
-from ..errors import InvalidConfig
-from ..events import FinalData, Word
+from ..errors import EngineError, InvalidConfig
+from ..events import EngineResult, FinalData, SpeechEndData, Word
 from ..models import SessionConfig
 from ..settings import Settings
 from .base import Engine, EngineProvider
 from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, local_decoders
-from .pooled import PooledEngine
+from .pooled import PooledEngine, UtteranceAudio
+from .second_pass import SecondPassPool, SecondPassStats
 from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tiny.en"
 PINNED_SHA256 = {
@@ -148,6 +164,16 @@ def _load(path: str) -> Any:
 
 
 @dataclass(frozen=True)
+class LoadModel:
+    """A second-pass worker's warm-up job: load the model at ``path`` (picklable)."""
+
+    path: str
+
+    def __call__(self) -> None:
+        _load(self.path)
+
+
+@dataclass(frozen=True)
 class WhisperPass:
     """The Whisper pass over one utterance (a :data:`~.local.FinalPass`); runs in a worker.
 
@@ -210,13 +236,24 @@ class WhisperPass:
 
 
 @dataclass(frozen=True)
+class WhisperJob:
+    """One Whisper pass over one ended utterance (picklable; runs in a second-pass worker)."""
+
+    whisper: WhisperPass
+    utterance: UtteranceAudio
+
+    def __call__(self) -> FinalData | None:
+        u = self.utterance
+        return self.whisper(np.frombuffer(u.pcm, dtype="<i2"), u.start_s, u.speech_final)
+
+
+@dataclass(frozen=True)
 class WhisperRecognizerSpec:
-    """What a worker needs to build a ``whisper`` stream (picklable)."""
+    """What a worker needs to build a ``whisper`` stream's first pass (picklable)."""
 
     input_rate: int
     endpointing_ms: int
     interim_results: bool
-    final_pass: WhisperPass
 
     def build(self) -> LocalRecognizer:
         return LocalRecognizer(
@@ -224,8 +261,109 @@ class WhisperRecognizerSpec:
             endpointing_ms=self.endpointing_ms,
             interim_results=self.interim_results,
             pool=local_decoders(),
-            final_pass=self.final_pass,
+            keep_audio=True,
         )
+
+
+_DONE = object()
+"""End of a :class:`WhisperEngine`'s merged results."""
+_END_OF_STREAM = UtteranceAudio(b"", 0.0, False, None, None)
+"""Marks the end of the first pass in the queue of ended utterances."""
+
+
+class WhisperEngine(PooledEngine):
+    """pocketsphinx interims and endpoints from ``workers``; finals from Whisper in ``passes``.
+
+    Args:
+        spec: the first pass (keeps each utterance's audio).
+        workers: the engine worker processes (streaming).
+        whisper: the pass each ended utterance gets.
+        passes: where Whisper passes run; when it refuses (saturated), pocketsphinx's final
+            is published instead.
+    """
+
+    def __init__(
+        self,
+        spec: WhisperRecognizerSpec,
+        workers: WorkerPool,
+        whisper: WhisperPass,
+        passes: SecondPassPool,
+    ) -> None:
+        super().__init__(spec, workers)
+        self._whisper = whisper
+        self._passes = passes
+        self._in_flight: deque[float] = deque()  # monotonic time each pending utterance ended
+
+    def final_lag_s(self) -> float:
+        """How long (s) the oldest ended utterance has waited for its Whisper final; 0: none."""
+        return time.monotonic() - self._in_flight[0] if self._in_flight else 0.0
+
+    async def results(self) -> AsyncIterator[EngineResult]:
+        # Two producers feed one queue: the first pass (interims, speech_start) as it comes,
+        # and finals (with their speech_end) in utterance order as Whisper returns them.
+        merged: asyncio.Queue[object] = asyncio.Queue(256)
+        # One entry per ended utterance not yet published: refused ones resolve at once and
+        # accepted ones are bounded by the pool's queue, so this stays short.
+        ended: asyncio.Queue[tuple[asyncio.Future[FinalData | None] | None, UtteranceAudio]] = (
+            asyncio.Queue()
+        )
+
+        async def first_pass() -> None:
+            try:
+                async for output in self.outputs():
+                    if isinstance(output, UtteranceAudio):
+                        job = self._passes.submit(WhisperJob(self._whisper, output))
+                        self._in_flight.append(time.monotonic())
+                        ended.put_nowait((job, output))
+                    else:
+                        await merged.put(output)
+            finally:
+                ended.put_nowait((None, _END_OF_STREAM))
+
+        async def finals() -> None:
+            while True:
+                job, utterance = await ended.get()
+                if utterance is _END_OF_STREAM:
+                    break
+                final = await self._final_of(job, utterance)
+                self._in_flight.popleft()
+                if final is not None:
+                    await merged.put(final)
+                if utterance.speech_end is not None:
+                    await merged.put(
+                        SpeechEndData(last_word_end=final.end)
+                        if final is not None
+                        else utterance.speech_end
+                    )
+            await merged.put(_DONE)
+
+        tasks = [
+            asyncio.create_task(first_pass(), name="whisper-first-pass"),
+            asyncio.create_task(finals(), name="whisper-finals"),
+        ]
+        try:
+            while (item := await merged.get()) is not _DONE:
+                yield item  # type: ignore[misc]  # everything but _DONE is an EngineResult
+            await tasks[0]  # re-raises the first pass's EngineError, after the finals before it
+        finally:
+            for task in tasks:
+                task.cancel()
+            while not ended.empty():
+                job, _ = ended.get_nowait()
+                if job is not None:
+                    job.cancel()
+
+    async def _final_of(
+        self, job: asyncio.Future[FinalData | None] | None, utterance: UtteranceAudio
+    ) -> FinalData | None:
+        """Whisper's final for ``utterance``; pocketsphinx's when Whisper could not run."""
+        if job is None:
+            return utterance.fallback
+        try:
+            return await job
+        except EngineError as exc:
+            log.warning("Whisper pass failed, publishing the first pass's final: %s", exc)
+            return utterance.fallback
 
 
 def _normalise_phrase(phrase: str) -> str:
@@ -236,8 +374,10 @@ class WhisperEngineProvider(EngineProvider):
     """``engine: "whisper"``; available when its model is (see :func:`find_model`).
 
     Args:
-        workers: the engine worker processes.
-        settings: ``whisper_*`` settings.
+        workers: the engine worker processes (the streaming first pass runs there).
+        settings: ``whisper_*`` settings; ``whisper_processes`` and ``whisper_queue`` size the
+            pool the Whisper passes run in (started with the first session, or at app start
+            when this is the default engine).
     """
 
     name = "whisper"
@@ -247,13 +387,18 @@ class WhisperEngineProvider(EngineProvider):
         self._settings = settings
         self._model: WhisperModelInfo | None = None
         self._error: str | None = None
+        self._passes: SecondPassPool | None = None
         try:
             self._model = find_model(settings.whisper_model)
         except WhisperModelError as exc:
             self._error = str(exc)
+        else:
+            self._passes = SecondPassPool(
+                settings.whisper_processes, settings.whisper_queue, LoadModel(self._model.path)
+            )
 
     @property
-    def model_name(self) -> str | None:
+    def default_model(self) -> str | None:
         """The model sessions use (``None`` when unavailable)."""
         return self._model.name if self._model else None
 
@@ -267,6 +412,17 @@ class WhisperEngineProvider(EngineProvider):
 
     def unavailable_reason(self) -> str | None:
         return self._error
+
+    def prepare(self) -> None:
+        if self._passes is not None:
+            self._passes.start()
+
+    def second_pass_stats(self) -> SecondPassStats | None:
+        return self._passes.stats if self._passes is not None else None
+
+    async def close(self) -> None:
+        if self._passes is not None:
+            await self._passes.close()
 
     def resolve(self, config: SessionConfig) -> SessionConfig:
         assert self._model is not None  # the registry asks unavailable_reason() first
@@ -295,20 +451,27 @@ class WhisperEngineProvider(EngineProvider):
 
     def create(self, config: SessionConfig) -> Engine:
         assert self._model is not None
+        assert self._passes is not None
         assert config.language is not None
         language = config.language.split("-")[0].lower()
-        s = self._settings
         spec = WhisperRecognizerSpec(
             input_rate=config.sample_rate,
             endpointing_ms=config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
             # The partials come from pocketsphinx, which knows only English.
             interim_results=config.interim_results and language == "en",
-            final_pass=WhisperPass(
-                model_path=self._model.path,
-                language=language,
-                no_speech_prob=s.whisper_no_speech_prob,
-                min_avg_logprob=s.whisper_min_avg_logprob,
-                blocklist=tuple(_normalise_phrase(p) for p in s.whisper_blocklist),
-            ),
         )
-        return PooledEngine(spec, self._workers)
+        self._passes.start()  # loads the model in each worker while the first utterance runs
+        return WhisperEngine(spec, self._workers, self.whisper_pass(language), self._passes)
+
+    def whisper_pass(self, language: str) -> WhisperPass:
+        """The Whisper pass for a session in ``language`` (a Whisper code: ``en``, ``ko``)
+        with this provider's model and guards."""
+        assert self._model is not None
+        s = self._settings
+        return WhisperPass(
+            model_path=self._model.path,
+            language=language,
+            no_speech_prob=s.whisper_no_speech_prob,
+            min_avg_logprob=s.whisper_min_avg_logprob,
+            blocklist=tuple(_normalise_phrase(p) for p in s.whisper_blocklist),
+        )

@@ -12,7 +12,8 @@ most one job outstanding, so a worker's FIFO serves its streams in turn: a slow 
 only its own results.
 
 Wire (pickled over a ``multiprocessing`` pipe): request ``(stream_id, op, arg)``, reply
-``(True, [EngineResult, …])`` or ``(False, "ExceptionName: message")``.
+``(True, [EngineResult, …])`` or ``(False, "ExceptionName: message")``. ``Op.RUN`` runs a
+stateless job instead (``arg`` is a picklable callable; the reply holds what it returned).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import itertools
 import logging
 import multiprocessing
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import EngineError
-from ..events import EngineResult
-from .pooled import Recognizer, RecognizerSpec
+from .pooled import Recognizer, RecognizerOutput, RecognizerSpec
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class Op(enum.Enum):
     FINALIZE = "finalize"
     CLOSE = "close"
     DROP = "drop"
+    RUN = "run"
 
 
 def _serve(conn: Connection) -> None:
@@ -52,8 +56,10 @@ def _serve(conn: Connection) -> None:
         except (EOFError, OSError):
             return  # the gateway closed the pipe: shut down
         try:
-            results: list[EngineResult] = []
-            if op is Op.OPEN:
+            results: Any = []
+            if op is Op.RUN:
+                results = arg()
+            elif op is Op.OPEN:
                 streams[stream_id] = arg.build()
             elif op is Op.PROCESS:
                 results = streams[stream_id].process(arg)
@@ -65,7 +71,8 @@ def _serve(conn: Connection) -> None:
                 streams.pop(stream_id, None)
             reply: tuple[bool, Any] = (True, results)
         except Exception as exc:
-            streams.pop(stream_id, None)  # a recogniser that raised is not trusted again
+            if op is not Op.RUN:
+                streams.pop(stream_id, None)  # a recogniser that raised is not trusted again
             reply = (False, f"{type(exc).__name__}: {exc}")
         conn.send(reply)
 
@@ -96,7 +103,7 @@ class _Worker:
         reply: tuple[bool, Any] = self._conn.recv()
         return reply
 
-    async def call(self, stream_id: int, op: Op, arg: object = None) -> list[EngineResult]:
+    async def call(self, stream_id: int, op: Op, arg: object = None) -> Any:
         """Run ``op`` on the stream; its results. Raises EngineError (the reason in words)."""
         loop = asyncio.get_running_loop()
         try:
@@ -108,8 +115,7 @@ class _Worker:
             ) from exc
         if not ok:
             raise EngineError(f"the speech engine failed: {value}")
-        results: list[EngineResult] = value
-        return results
+        return value
 
     def stop(self, timeout_s: float) -> None:
         """Close the pipe (the worker exits on EOF), then wait; blocking."""
@@ -130,16 +136,19 @@ class WorkerStream:
         self._id = stream_id
         self._open = True
 
-    async def process(self, pcm: bytes) -> list[EngineResult]:
-        return await self._worker.call(self._id, Op.PROCESS, pcm)
+    async def process(self, pcm: bytes) -> list[RecognizerOutput]:
+        results: list[RecognizerOutput] = await self._worker.call(self._id, Op.PROCESS, pcm)
+        return results
 
-    async def finalize(self) -> list[EngineResult]:
-        return await self._worker.call(self._id, Op.FINALIZE)
+    async def finalize(self) -> list[RecognizerOutput]:
+        results: list[RecognizerOutput] = await self._worker.call(self._id, Op.FINALIZE)
+        return results
 
-    async def close(self) -> list[EngineResult]:
+    async def close(self) -> list[RecognizerOutput]:
         """Flush and finalize; the stream is gone afterwards."""
         self._release()
-        return await self._worker.call(self._id, Op.CLOSE)
+        results: list[RecognizerOutput] = await self._worker.call(self._id, Op.CLOSE)
+        return results
 
     def discard(self) -> None:
         """Free the stream without results (its session was torn down); does not wait."""
@@ -201,6 +210,27 @@ class WorkerPool:
             stream._release()
             raise
         return stream
+
+    async def run(self, index: int, job: Callable[[], T]) -> T:
+        """Run ``job`` (picklable, no arguments) in worker ``index`` (``0 ≤ index <
+        processes``, replaced first if it died); what it returned.
+
+        Jobs sent to one worker run one at a time, in order.
+
+        Raises:
+            EngineError: the job raised (its exception named) or the worker died.
+        """
+        self.start()
+        if self._workers[index].dead:
+            log.warning("engine worker %d died; starting a new one", index)
+            self._workers[index] = _Worker(self._ctx, index)
+        result: T = await self._workers[index].call(0, Op.RUN, job)
+        return result
+
+    @property
+    def size(self) -> int:
+        """How many worker processes the pool runs."""
+        return self._size
 
     def _background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

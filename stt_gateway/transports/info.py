@@ -34,6 +34,7 @@ async def info(request: web.Request) -> web.Response:
         name: {
             "available": (reason := p.unavailable_reason()) is None,
             "reason": reason,
+            "model": p.default_model,
             "languages": p.languages,
         }
         for name, p in registry.providers.items()
@@ -43,7 +44,7 @@ async def info(request: web.Request) -> web.Response:
             "name": "stt-gateway",
             "version": __version__,
             "engines": engines,
-            "default_engine": "local",
+            "default_engine": s.default_engine,
             "limits": {
                 "max_sessions": s.max_sessions,
                 "max_chunk_bytes": s.max_chunk_bytes,

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 
 from stt_gateway.engines.base import Engine, EngineProvider
-from stt_gateway.engines.pooled import PooledEngine
+from stt_gateway.engines.pooled import PooledEngine, RecognizerOutput
 from stt_gateway.engines.workers import WorkerPool
-from stt_gateway.events import EngineResult, FinalData, TokenData
+from stt_gateway.events import FinalData, TokenData
 from stt_gateway.models import SessionConfig
 
 
@@ -20,12 +20,12 @@ class EchoRecognizer:
         self._delay_s = delay_s
         self._bytes = 0
 
-    def process(self, pcm: bytes) -> list[EngineResult]:
+    def process(self, pcm: bytes) -> list[RecognizerOutput]:
         time.sleep(self._delay_s)
         self._bytes += len(pcm)
         return [TokenData(text=f"{self._bytes} bytes", confidence=1.0, start=0.0, end=0.0)]
 
-    def finalize(self) -> list[EngineResult]:
+    def finalize(self) -> list[RecognizerOutput]:
         return [
             FinalData(
                 text=f"{self._bytes} bytes",
@@ -37,7 +37,7 @@ class EchoRecognizer:
             )
         ]
 
-    def close(self) -> list[EngineResult]:
+    def close(self) -> list[RecognizerOutput]:
         return self.finalize()
 
 
