@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import socket
@@ -39,6 +40,16 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (engine workers), Linux ``/proc``."""
+    total = cpu_s(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # exited meanwhile
+                total += tree_cpu_s(int(child))
+    return total
 
 
 def rss_mb(pid: int) -> float:

@@ -74,9 +74,17 @@ def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws() -> None:
 
 
 def test_engine_bench_prints_its_table() -> None:
-    out, result = run_bench("engine.py", "--speed", "4", "--clips", "1")
-    assert result["rows"][0]["clip"] == "goforward"
+    out, result = run_bench("engine.py", "--speed", "4", "--clips", "1", "--max-streams", "1")
+    assert [(r["engine"], r["clip"]) for r in result["rows"]] == [
+        ("local", "goforward"),
+        ("whisper", "goforward"),
+    ]
+    assert [(s["engine"], s["streams"]) for s in result["concurrency"]] == [
+        ("local", 1),
+        ("whisper", 1),
+    ]
     assert "RTF direct" in out
+    assert "real-time streams that hold" in out
 
 
 def test_overhead_bench_prints_gateway_beside_the_echo_floor() -> None:
