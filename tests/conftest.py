@@ -13,7 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from stt_gateway.app import create_app
-from stt_gateway.engines.local import LocalEngineProvider
+from stt_gateway.engines.local import DEFAULT_ENDPOINTING_MS, LocalEngineProvider
+from stt_gateway.engines.pooled import UtteranceAudio
+from stt_gateway.engines.whisper import WhisperEngineProvider, WhisperJob, WhisperRecognizerSpec
+from stt_gateway.engines.workers import WorkerPool
 from stt_gateway.events import FinalData
 from stt_gateway.models import SessionConfig
 from stt_gateway.settings import Settings
@@ -67,3 +70,16 @@ def direct_finals(clip: Clip, config: SessionConfig | None = None) -> list[Final
     recognizer = LocalEngineProvider.spec(config).build()
     results = recognizer.process(clip.pcm) + recognizer.close()
     return [r for r in results if isinstance(r, FinalData)]
+
+
+@cache
+def direct_whisper_finals(clip: Clip) -> list[FinalData]:
+    """Engine ``whisper``'s finals for ``clip`` (16 kHz) fed whole, in-process: pocketsphinx
+    finds the utterances, the gateway's own Whisper pass makes each final."""
+    whisper = WhisperEngineProvider(WorkerPool(1), make_settings()).whisper_pass("en")
+    recognizer = WhisperRecognizerSpec(16_000, DEFAULT_ENDPOINTING_MS, True).build()
+    finals = []
+    for output in recognizer.process(clip.pcm) + recognizer.close():
+        if isinstance(output, UtteranceAudio) and (final := WhisperJob(whisper, output)()):
+            finals.append(final)
+    return finals

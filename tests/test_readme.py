@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from stt_gateway import __version__
-from tests.audio_files import AUDIO_DIR, clip
-from tests.conftest import direct_finals
+from tests.audio_files import AUDIO_DIR, clip, spoken_wer
+from tests.conftest import direct_whisper_finals
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -37,13 +38,18 @@ def free_port() -> int:
         return port
 
 
+def run_step() -> list[str]:
+    """The README's run command's last step: the ``stt-gateway`` console script and its flags."""
+    argv = shlex.split(block("run-command").split("&&")[-1])
+    assert argv[0] == ".venv/bin/stt-gateway", argv
+    return argv[1:]
+
+
 @pytest.fixture
 def served_port() -> Iterator[int]:
-    """The README's run command's last step, the ``stt-gateway`` console script, on a free port."""
-    run = block("run-command")
-    assert run.strip().endswith(".venv/bin/stt-gateway"), run
+    """The README's run command's last step, as written, on a free port."""
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "stt-gateway"), "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen([str(BIN / "stt-gateway"), *run_step(), "--port", str(port)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -73,8 +79,11 @@ def test_readme_curl_example_transcribes_goforward(served_port: int) -> None:
         timeout=60,
         check=True,
     )
-    expected = " ".join(f.text for f in direct_finals(clip("goforward")))
-    assert expected.startswith("go forward")
+    # The run command serves engine whisper by default: the transcript is the one the same
+    # engine gives in-process.
+    assert run_step() == ["--default-engine", "whisper"]
+    expected = " ".join(f.text for f in direct_whisper_finals(clip("goforward")))
+    assert spoken_wer(clip("goforward").reference, expected) == 0
     assert f'"transcript":"{expected}"' in done.stdout
     events = [json.loads(line[5:]) for line in done.stdout.splitlines() if line.startswith("data:")]
     kinds = [e["event_type"] for e in events]
