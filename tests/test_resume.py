@@ -134,9 +134,11 @@ async def test_an_idle_session_ends_and_a_followed_one_does_not(
     start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     gw = await start_gateway(idle_timeout_s=0.3, retention_s=1.0)
-    idle = await create_session(http, gw.base)
     followed = await create_session(http, gw.base)
     watcher = await http.ws_connect(followed["ws_url"])
+    # Created last, so its clock starts once setting up the other (engine workers starting
+    # up, on a busy box seconds) is done: 0.8 s is past its idle end, short of its removal.
+    idle = await create_session(http, gw.base)
     await asyncio.sleep(0.8)
     async with http.get(f"{gw.base}/sessions/{idle['session_id']}") as resp:
         assert (await resp.json())["state"] == "closed"
