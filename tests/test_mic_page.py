@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.audio_files import clip, clips, wer
+from tests.audio_files import clip, clips, spoken_wer, wer
 from tests.conftest import Gateway, StartGateway
 from tests.gateway_client import create_session, frames, paced
 from tests.tcp_proxy import CuttableProxy
@@ -124,6 +124,28 @@ async def test_mic_page_transcribes_speech_like_the_engine_and_a_follower_sees_t
         + f"; {status}"
     )
     assert min(direct) - 0.02 <= page_wer <= max(direct) + 0.02
+
+
+async def test_mic_page_on_a_whisper_default_gateway_gets_whisper_finals(
+    start_gateway: StartGateway, launch: Launch, speech: tuple[Path, bytes, str]
+) -> None:
+    # The README's run command: --default-engine whisper. The page picks the gateway's default,
+    # and Whisper's finals (made after the utterance, possibly after the next one's interims)
+    # land in order, with the interims of the utterance after them kept.
+    gw = await start_gateway(default_engine="whisper")
+    wav, pcm, reference = speech
+    browser = await launch(*FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
+    page = await open_page(browser, gw.base + "/")
+    assert await page.input_value("#engine") == "whisper"
+    await page.click("#start")
+    await page.wait_for_function("document.querySelector('#interim').textContent.length > 0")
+    await page.wait_for_timeout(int((len(pcm) / 32_000 + 0.5) * 1000))
+    await page.click("#stop")
+    await ended(page)
+    on_page = (await page.text_content("#finals")) or ""
+    page_wer = spoken_wer(reference, on_page)
+    print(f"\nmic page on engine whisper: WER {page_wer:.3f} {on_page!r}")
+    assert page_wer <= 0.08
 
 
 def engine_wer(pcm: bytes, reference: str, offset_ms: int) -> float:
