@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ import numpy as np
 import pytest
 
 from stt_gateway.engines import whisper
+from stt_gateway.transports.common import REGISTRY
 from tests.audio_files import clip, clips, spoken_wer
-from tests.conftest import StartGateway
+from tests.conftest import StartGateway, direct_whisper_finals
 from tests.gateway_client import Received, create_session, follow_ws, frames
 from tests.test_metrics import scrape
 
@@ -254,3 +257,37 @@ async def test_guards_drop_blocklisted_and_unsure_text_and_silence_never_reaches
     noise = np.random.default_rng(9).normal(0, 60, 16_000 * 4).astype("<i2").tobytes()
     got = await stream(http, gw.base, noise, WHISPER)
     assert [e["event_type"] for e in got.events] == ["session_end"]
+
+
+async def test_a_killed_whisper_worker_costs_one_whisper_final_and_is_replaced(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(whisper_processes=1)
+    provider = gw.app[REGISTRY].providers["whisper"]
+    assert isinstance(provider, whisper.WhisperEngineProvider)
+    passes = provider.passes
+    assert passes is not None
+    long = clip("librivox-sns-0870")
+
+    async def kill_during_the_pass() -> None:
+        # The pool publishes no event for a job starting; a test may poll its counters.
+        while passes.stats.running == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        pid = passes.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+    killer = asyncio.create_task(kill_during_the_pass())
+    got = await stream(http, gw.base, long.pcm + bytes(32_000), WHISPER)
+    await killer
+    # The utterance whose pass died still has a final: the streaming engine's.
+    assert passes.stats.failed == 1
+    finals = got.of_type("final")
+    assert len(finals) == 1
+    assert finals[0]["data"]["words"]
+    print(f"final after the worker was killed: {finals[0]['data']['text']!r}")
+    # A new worker takes the next pass: Whisper's final again, as in-process.
+    c = clip("goforward")
+    again = await stream(http, gw.base, c.pcm + bytes(32_000), WHISPER)
+    assert again.finals_text() == " ".join(f.text for f in direct_whisper_finals(c))
+    assert passes.stats.done == 1

@@ -428,6 +428,11 @@ class WhisperEngineProvider(EngineProvider):
     def second_pass_stats(self) -> SecondPassStats | None:
         return self._passes.stats if self._passes is not None else None
 
+    @property
+    def passes(self) -> SecondPassPool | None:
+        """The pool Whisper passes run in (``None`` when the engine is unavailable)."""
+        return self._passes
+
     async def close(self) -> None:
         if self._passes is not None:
             await self._passes.close()
