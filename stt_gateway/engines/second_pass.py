@@ -7,6 +7,10 @@ session; each worker runs one job at a time. When the FIFO is full the pool is s
 :meth:`SecondPassPool.submit` says so at once (returns ``None``) instead of queueing without
 bound: the caller then publishes its first-pass result, so finals keep pace with the audio.
 
+The workers run at a lower CPU priority (niceness +10) than the streaming engine's: interims
+are what a user watches move, and a second pass that loses the CPU to them only waits longer
+(its lag shows, and past the queue bound its utterances get their first-pass finals).
+
 What operators see (:meth:`stats`): jobs waiting and running, jobs refused, jobs failed, and
 a histogram of the time jobs waited before a worker took them.
 """
@@ -26,6 +30,9 @@ from .workers import WorkerPool
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SECOND_PASS_NICENESS = 10
+"""How much lower the second-pass workers' CPU priority is than the streaming workers'."""
 
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Upper bounds (s) of the queue-wait histogram's buckets (``+Inf`` is implied)."""
@@ -68,7 +75,7 @@ class SecondPassPool:
     def __init__(
         self, processes: int, queue_size: int, warmup: Callable[[], Any] | None = None
     ) -> None:
-        self._workers = WorkerPool(processes)
+        self._workers = WorkerPool(processes, niceness=SECOND_PASS_NICENESS)
         self._queue: asyncio.Queue[_Job[Any]] | None = None
         self._queue_size = queue_size
         self._warmup = warmup

@@ -23,6 +23,7 @@ import enum
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +47,11 @@ class Op(enum.Enum):
     RUN = "run"
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, niceness: int) -> None:
     """A worker process's loop: run each request on its stream's recogniser, reply."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+    if niceness:
+        os.nice(niceness)
     streams: dict[int, Recognizer] = {}
     while True:
         try:
@@ -80,10 +83,12 @@ def _serve(conn: Connection) -> None:
 class _Worker:
     """One worker process, its pipe and the I/O thread that talks over it."""
 
-    def __init__(self, ctx: multiprocessing.context.SpawnContext, index: int) -> None:
+    def __init__(
+        self, ctx: multiprocessing.context.SpawnContext, index: int, niceness: int
+    ) -> None:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_serve, args=(child,), name=f"stt-engine-{index}", daemon=True
+            target=_serve, args=(child, niceness), name=f"stt-engine-{index}", daemon=True
         )
         self._proc.start()
         child.close()
@@ -166,11 +171,17 @@ class WorkerPool:
     """``processes`` engine worker processes (``spawn``ed: no state forked from the gateway).
 
     The processes start at :meth:`start` (or the first :meth:`open`) and stop at :meth:`close`.
+
+    Args:
+        processes: how many.
+        niceness: added to the workers' scheduling niceness (``os.nice``): work that can wait
+            yields the CPU to work that cannot.
     """
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, niceness: int = 0) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._size = processes
+        self._niceness = niceness
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -178,7 +189,7 @@ class WorkerPool:
     def start(self) -> None:
         """Spawn the worker processes (they import the engines while the gateway goes on)."""
         if not self._workers:
-            self._workers = [_Worker(self._ctx, i) for i in range(self._size)]
+            self._workers = [_Worker(self._ctx, i, self._niceness) for i in range(self._size)]
 
     def alive(self) -> bool:
         """Whether every worker process runs (none started yet counts as alive: they start
@@ -200,7 +211,7 @@ class WorkerPool:
         for i, worker in enumerate(self._workers):
             if worker.dead:
                 log.warning("engine worker %d died; starting a new one", i)
-                self._workers[i] = _Worker(self._ctx, i)
+                self._workers[i] = _Worker(self._ctx, i, self._niceness)
         worker = min(self._workers, key=lambda w: w.streams)
         stream = WorkerStream(self, worker, next(self._ids))
         worker.streams += 1
@@ -223,7 +234,7 @@ class WorkerPool:
         self.start()
         if self._workers[index].dead:
             log.warning("engine worker %d died; starting a new one", index)
-            self._workers[index] = _Worker(self._ctx, index)
+            self._workers[index] = _Worker(self._ctx, index, self._niceness)
         result: T = await self._workers[index].call(0, Op.RUN, job)
         return result
 
