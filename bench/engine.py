@@ -41,12 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, tree_cpu_s, wait_up  # noqa: E402
 from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
-from stt_gateway.engines.pooled import Recognizer, RecognizerOutput, UtteranceAudio  # noqa: E402
+from stt_gateway.engines.pooled import Recognizer, RecognizerOutput  # noqa: E402
 from stt_gateway.engines.whisper import (  # noqa: E402
     WhisperEngineProvider,
-    WhisperJob,
     WhisperPass,
     WhisperRecognizerSpec,
+    finals_in_process,
 )
 from stt_gateway.engines.workers import WorkerPool  # noqa: E402
 from stt_gateway.events import FinalData  # noqa: E402
@@ -66,7 +66,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 class Direct:
     """An engine driven in this process: the gateway's recogniser, and for ``whisper`` the
-    gateway's Whisper pass run inline on each ended utterance."""
+    gateway's Whisper passes run inline (the early ones that end up unused are not run)."""
 
     def __init__(self, engine: str) -> None:
         self.whisper: WhisperPass | None = None
@@ -78,7 +78,8 @@ class Direct:
     def recognizer(self) -> Recognizer:
         if self.whisper is None:
             return LocalEngineProvider.spec(SessionConfig()).build()
-        return WhisperRecognizerSpec(16_000, 500, True).build()
+        early_pass_ms = Settings(_env_file=None).whisper_early_pass_ms
+        return WhisperRecognizerSpec(16_000, 500, True, early_pass_ms).build()
 
     def run(self, pcm: bytes, seconds: float) -> tuple[str, float]:
         """Transcript and RTF (the recogniser is built first, as the gateway builds it at
@@ -86,14 +87,10 @@ class Direct:
         recognizer = self.recognizer()
         start = time.perf_counter()
         outputs: list[RecognizerOutput] = recognizer.process(pcm) + recognizer.close()
-        finals = []
-        for o in outputs:
-            if isinstance(o, UtteranceAudio):
-                assert self.whisper is not None
-                if (final := WhisperJob(self.whisper, o)()) is not None:
-                    finals.append(final)
-            elif isinstance(o, FinalData):
-                finals.append(o)
+        if self.whisper is not None:
+            finals = finals_in_process(outputs, self.whisper)
+        else:
+            finals = [o for o in outputs if isinstance(o, FinalData)]
         elapsed = time.perf_counter() - start
         return " ".join(f.text for f in finals), elapsed / seconds
 

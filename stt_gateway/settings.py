@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         description="engine 'whisper': ended utterances that may wait for a Whisper worker; "
         "past that an utterance gets the streaming engine's final (saturation)",
     )
+    whisper_early_pass_ms: int = Field(
+        200,
+        ge=0,
+        description="engine 'whisper': after this much silence inside an utterance, start "
+        "its Whisper pass on an idle worker; if the utterance then ends without more speech "
+        "that pass is its final (ready sooner than a pass started at the endpoint); 0: never",
+    )
     whisper_no_speech_prob: float = Field(
         0.6,
         ge=0,

@@ -14,8 +14,11 @@ from aiohttp.test_utils import TestServer
 
 from stt_gateway.app import create_app
 from stt_gateway.engines.local import DEFAULT_ENDPOINTING_MS, LocalEngineProvider
-from stt_gateway.engines.pooled import UtteranceAudio
-from stt_gateway.engines.whisper import WhisperEngineProvider, WhisperJob, WhisperRecognizerSpec
+from stt_gateway.engines.whisper import (
+    WhisperEngineProvider,
+    WhisperRecognizerSpec,
+    finals_in_process,
+)
 from stt_gateway.engines.workers import WorkerPool
 from stt_gateway.events import FinalData
 from stt_gateway.models import SessionConfig
@@ -73,13 +76,13 @@ def direct_finals(clip: Clip, config: SessionConfig | None = None) -> list[Final
 
 
 @cache
-def direct_whisper_finals(clip: Clip) -> list[FinalData]:
+def direct_whisper_finals(clip: Clip, **overrides: Any) -> list[FinalData]:
     """Engine ``whisper``'s finals for ``clip`` (16 kHz) fed whole, in-process: pocketsphinx
-    finds the utterances, the gateway's own Whisper pass makes each final."""
-    whisper = WhisperEngineProvider(WorkerPool(1), make_settings()).whisper_pass("en")
-    recognizer = WhisperRecognizerSpec(16_000, DEFAULT_ENDPOINTING_MS, True).build()
-    finals = []
-    for output in recognizer.process(clip.pcm) + recognizer.close():
-        if isinstance(output, UtteranceAudio) and (final := WhisperJob(whisper, output)()):
-            finals.append(final)
-    return finals
+    finds the utterances, the gateway's own Whisper pass makes each final (``overrides``:
+    settings)."""
+    settings = make_settings(**overrides)
+    whisper = WhisperEngineProvider(WorkerPool(1), settings).whisper_pass("en")
+    recognizer = WhisperRecognizerSpec(
+        16_000, DEFAULT_ENDPOINTING_MS, True, settings.whisper_early_pass_ms
+    ).build()
+    return finals_in_process(recognizer.process(clip.pcm) + recognizer.close(), whisper)

@@ -7,7 +7,7 @@ import numpy as np
 import soxr
 
 from stt_gateway.engines.local import DecoderPool, LocalRecognizer
-from stt_gateway.engines.pooled import RecognizerOutput
+from stt_gateway.engines.pooled import RecognizerOutput, UtteranceAudio, UtterancePause
 from stt_gateway.events import FinalData, SpeechEndData, SpeechStartData
 from tests.audio_files import clip, clips, wer
 from tests.gateway_client import frames
@@ -61,3 +61,40 @@ def test_48khz_input_is_resampled_and_recognised() -> None:
     wer16, wer48 = wer(c.reference, text16), wer(c.reference, text48)
     print(f"\nWER at 16 kHz {wer16:.3f}, from 48 kHz {wer48:.3f}: {text48!r}")
     assert wer48 <= wer16 + 0.1
+
+
+def test_a_pause_hands_back_the_utterance_so_far_and_the_endpoint_says_if_it_still_holds() -> None:
+    first, second = clip("goforward"), clip("librivox-sns-0880")
+
+    def run(pcm: bytes, endpointing_ms: int = 500) -> list[RecognizerOutput]:
+        rec = LocalRecognizer(
+            input_rate=16_000,
+            endpointing_ms=endpointing_ms,
+            interim_results=False,
+            pool=DecoderPool(0),
+            keep_audio=True,
+            pause_ms=200,
+        )
+        return rec.process(pcm) + rec.close()
+
+    # Speech, then a second of silence: the pause comes first, and only silence follows it.
+    out = [o for o in run(first.pcm + bytes(32_000)) if type(o) in (UtterancePause, UtteranceAudio)]
+    assert [type(o) for o in out] == [UtterancePause, UtteranceAudio]
+    pause, ended = out
+    assert isinstance(pause, UtterancePause)
+    assert isinstance(ended, UtteranceAudio)
+    assert ended.after_pause
+    assert ended.pcm.startswith(pause.pcm)
+    # The endpoint came ~300 ms (500 - 200, whole 32 ms windows) of silence after the pause.
+    assert 9_000 <= len(ended.pcm) - len(pause.pcm) <= 11_000
+    assert pause.start_s == ended.start_s
+    # More speech after a pause, before the endpointing silence (here 1.5 s) is reached: that
+    # pause no longer holds, and the utterance's audio runs on through the second clip.
+    out = run(first.pcm + bytes(9_600) + second.pcm + bytes(64_000), endpointing_ms=1500)
+    ended_at = [o for o in out if isinstance(o, UtteranceAudio)]
+    paused_at = [o for o in out if isinstance(o, UtterancePause)]
+    assert len(ended_at) == 1
+    assert len(paused_at) >= 2  # one in the gap, one after the second clip
+    assert ended_at[0].pcm.startswith(paused_at[0].pcm)
+    assert len(ended_at[0].pcm) > len(paused_at[0].pcm) + len(second.pcm)
+    assert ended_at[0].after_pause  # the last pause, after the second clip, still holds

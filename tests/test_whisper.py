@@ -109,7 +109,7 @@ async def test_saturated_whisper_pool_reports_lag_falls_back_and_loses_no_final(
 ) -> None:
     # One Whisper worker, room for one waiting utterance; four sessions end theirs together
     # while the worker still loads its model.
-    gw = await start_gateway(whisper_processes=1, whisper_queue=1)
+    gw = await start_gateway(whisper_processes=1, whisper_queue=1, whisper_early_pass_ms=0)
     c = clip("goforward")
     sessions = [await create_session(http, gw.base, WHISPER) for _ in range(4)]
     lags: list[float] = []
@@ -262,7 +262,8 @@ async def test_guards_drop_blocklisted_and_unsure_text_and_silence_never_reaches
 async def test_a_killed_whisper_worker_costs_one_whisper_final_and_is_replaced(
     start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_gateway(whisper_processes=1)
+    # No early passes: the one killed is the endpoint's pass of the utterance.
+    gw = await start_gateway(whisper_processes=1, whisper_early_pass_ms=0)
     provider = gw.app[REGISTRY].providers["whisper"]
     assert isinstance(provider, whisper.WhisperEngineProvider)
     passes = provider.passes
@@ -289,5 +290,6 @@ async def test_a_killed_whisper_worker_costs_one_whisper_final_and_is_replaced(
     # A new worker takes the next pass: Whisper's final again, as in-process.
     c = clip("goforward")
     again = await stream(http, gw.base, c.pcm + bytes(32_000), WHISPER)
-    assert again.finals_text() == " ".join(f.text for f in direct_whisper_finals(c))
+    expected = direct_whisper_finals(c, whisper_early_pass_ms=0)
+    assert again.finals_text() == " ".join(f.text for f in expected)
     assert passes.stats.done == 1

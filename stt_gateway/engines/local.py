@@ -33,7 +33,7 @@ from ..events import (
 )
 from ..models import SessionConfig
 from .base import Engine, EngineProvider
-from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio
+from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
 from .vad import VAD_RATE, WINDOW_SAMPLES, SileroVad
 from .workers import WorkerPool
 
@@ -106,6 +106,9 @@ class LocalRecognizer:
         pool: where the decoder comes from and goes back to on :meth:`close`.
         keep_audio: hand each utterance back as :class:`~.pooled.UtteranceAudio` (its audio,
             pocketsphinx's final and the ``speech_end``) for a second pass to make the final.
+        pause_ms: with ``keep_audio``, after this much VAD silence inside an utterance (less
+            than ``endpointing_ms``) hand back the audio so far as :class:`~.pooled.
+            UtterancePause`, so the second pass can start before the endpoint; 0: never.
     """
 
     def __init__(
@@ -116,9 +119,12 @@ class LocalRecognizer:
         interim_results: bool,
         pool: DecoderPool,
         keep_audio: bool = False,
+        pause_ms: int = 0,
     ) -> None:
         self._pool = pool
         self._keep_audio = keep_audio
+        self._pause_windows = math.ceil(pause_ms / 1000 / WINDOW_S) if keep_audio else 0
+        self._paused = False  # an UtterancePause went out and only silence came since
         self._utt_audio: list[Int16Array] = []  # the utterance so far, when keep_audio
         self._decoder = pool.acquire()
         self._vad = SileroVad()
@@ -153,6 +159,7 @@ class LocalRecognizer:
             if self._carry.size:
                 self._decoder.process_raw(self._carry.tobytes())
                 self._keep(self._carry)
+                self._paused = False  # the tail is not known to be silence
             self._carry = np.zeros(0, dtype=np.int16)
             self._end_utterance(out, speech_final=False)
         return out
@@ -194,14 +201,25 @@ class LocalRecognizer:
             self._silence_run = 0
         elif prob < SILENCE_PROB:
             self._silence_run += 1
+        if prob >= SILENCE_PROB:
+            self._paused = False  # not clearly silence: a pass over the pause would miss it
 
         if self._silence_run >= self._endpoint_windows:
             self._end_utterance(out, speech_final=True)
         elif self._utt_windows >= self._max_utt_windows:
             # Endless speech: close this utterance and go straight on with the next.
             self._end_utterance(out, speech_final=False, keep_speech=True)
-        elif self._interim and self._utt_windows % INTERIM_WINDOWS == 0:
-            self._emit_partial(out)
+        else:
+            if (
+                self._pause_windows
+                and not self._paused
+                and self._silence_run >= self._pause_windows
+            ):
+                self._paused = True
+                pcm = b"".join(w.tobytes() for w in self._utt_audio)
+                out.append(UtterancePause(pcm, round(self._utt_first_window * WINDOW_S, 3)))
+            if self._interim and self._utt_windows % INTERIM_WINDOWS == 0:
+                self._emit_partial(out)
 
     def _start_utterance(self, out: list[RecognizerOutput]) -> None:
         self._onset_s = round((self._windows - self._speech_run) * WINDOW_S, 3)
@@ -215,6 +233,7 @@ class LocalRecognizer:
         self._preroll.clear()
         self._in_speech = True
         self._silence_run = 0
+        self._paused = False
         self._last_partial = ""
 
     def _keep(self, samples: Int16Array) -> None:
@@ -274,12 +293,22 @@ class LocalRecognizer:
         if self._keep_audio:
             pcm = b"".join(w.tobytes() for w in self._utt_audio)
             self._utt_audio = []
-            out.append(UtteranceAudio(pcm, round(offset, 3), speech_final, final, speech_end))
+            out.append(
+                UtteranceAudio(
+                    pcm,
+                    round(offset, 3),
+                    speech_final,
+                    final,
+                    speech_end,
+                    after_pause=self._paused and not keep_speech,
+                )
+            )
         else:
             if final is not None:
                 out.append(final)
             if speech_end is not None:
                 out.append(speech_end)
+        self._paused = False
         if keep_speech:
             self._decoder.start_utt()
             self._utt_first_window = self._windows

@@ -37,6 +37,8 @@ class UtteranceAudio:
         fallback: the first pass's own final (``None``: it heard no words), published when
             the second pass cannot run.
         speech_end: the ``speech_end`` that follows the final (``None`` when speech goes on).
+        after_pause: only silence (by the VAD) came after the last :class:`UtterancePause`
+            of this utterance, so a second pass over that pause's audio covers it all.
     """
 
     pcm: bytes
@@ -44,9 +46,24 @@ class UtteranceAudio:
     speech_final: bool
     fallback: FinalData | None
     speech_end: SpeechEndData | None
+    after_pause: bool = False
 
 
-RecognizerOutput = EngineResult | UtteranceAudio
+@dataclass(frozen=True, slots=True)
+class UtterancePause:
+    """Speech paused inside an utterance (shorter than the endpointing silence so far): its
+    audio up to here, so a second pass may start before the endpoint confirms the end.
+
+    Attributes:
+        pcm: the utterance so far, 16 kHz mono PCM16, bytes.
+        start_s: session time (s) of its first sample.
+    """
+
+    pcm: bytes
+    start_s: float
+
+
+RecognizerOutput = EngineResult | UtteranceAudio | UtterancePause
 
 
 class Recognizer(Protocol):
@@ -120,7 +137,7 @@ class PooledEngine(Engine):
                     yield output.fallback
                 if output.speech_end is not None:
                     yield output.speech_end
-            else:
+            elif not isinstance(output, UtterancePause):
                 yield output
 
     async def outputs(self) -> AsyncIterator[RecognizerOutput]:

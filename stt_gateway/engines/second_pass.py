@@ -98,15 +98,23 @@ class SecondPassPool:
             for i in range(self._workers.size)
         ]
 
-    def submit(self, job: Callable[[], T]) -> asyncio.Future[T] | None:
+    def submit(self, job: Callable[[], T], *, when_idle: bool = False) -> asyncio.Future[T] | None:
         """Queue ``job`` (picklable, no arguments) for a worker.
+
+        Args:
+            job: what to run.
+            when_idle: a speculative job: take it only if a worker is free and nothing waits
+                (not counted as refused otherwise).
 
         Returns:
             A future of what the job returned (it raises :class:`~stt_gateway.errors.EngineError`
-            when the job raised or its worker died), or ``None`` when the queue is full.
+            when the job raised or its worker died), or ``None`` when the queue is full (or,
+            ``when_idle``, the pool is busy). Cancelling the future drops a job still queued.
         """
         self.start()
         assert self._queue is not None
+        if when_idle and (self.stats.queued or self.stats.running >= self._workers.size):
+            return None
         if self._queue.full():
             self.stats.refused += 1
             return None

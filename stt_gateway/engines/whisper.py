@@ -36,7 +36,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from ..models import SessionConfig
 from ..settings import Settings
 from .base import Engine, EngineProvider
 from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, local_decoders
-from .pooled import PooledEngine, UtteranceAudio
+from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
 from .second_pass import SecondPassPool, SecondPassStats
 from .workers import WorkerPool
 
@@ -245,14 +245,17 @@ class WhisperPass:
 
 @dataclass(frozen=True)
 class WhisperJob:
-    """One Whisper pass over one ended utterance (picklable; runs in a second-pass worker)."""
+    """One Whisper pass over one utterance's 16 kHz PCM16 ``pcm`` starting at session time
+    ``start_s`` (picklable; runs in a second-pass worker)."""
 
     whisper: WhisperPass
-    utterance: UtteranceAudio
+    pcm: bytes
+    start_s: float
+    speech_final: bool
 
     def __call__(self) -> FinalData | None:
-        u = self.utterance
-        return self.whisper(np.frombuffer(u.pcm, dtype="<i2"), u.start_s, u.speech_final)
+        samples = np.frombuffer(self.pcm, dtype="<i2")
+        return self.whisper(samples, self.start_s, self.speech_final)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ class WhisperRecognizerSpec:
     input_rate: int
     endpointing_ms: int
     interim_results: bool
+    early_pass_ms: int
 
     def build(self) -> LocalRecognizer:
         return LocalRecognizer(
@@ -270,7 +274,28 @@ class WhisperRecognizerSpec:
             interim_results=self.interim_results,
             pool=local_decoders(),
             keep_audio=True,
+            pause_ms=self.early_pass_ms,
         )
+
+
+def finals_in_process(
+    outputs: Iterable[RecognizerOutput], whisper: WhisperPass
+) -> list[FinalData]:
+    """The finals a ``whisper`` stream publishes for a first pass's ``outputs``, with every
+    pass run here in turn (as on an idle pool: each early pass taken). For benchmarks and
+    tests that compare the gateway with the engine alone."""
+    finals = []
+    pause: UtterancePause | None = None
+    for output in outputs:
+        if isinstance(output, UtterancePause):
+            pause = output
+        elif isinstance(output, UtteranceAudio):
+            source = pause if output.after_pause and pause is not None else output
+            final = WhisperJob(whisper, source.pcm, source.start_s, output.speech_final)()
+            if final is not None:
+                finals.append(final)
+            pause = None
+    return finals
 
 
 _DONE = object()
@@ -316,16 +341,41 @@ class WhisperEngine(PooledEngine):
             asyncio.Queue()
         )
 
+        # A pass started at a pause inside the utterance: the final, if only silence follows.
+        early: asyncio.Future[FinalData | None] | None = None
+
         async def first_pass() -> None:
+            nonlocal early
             try:
                 async for output in self.outputs():
-                    if isinstance(output, UtteranceAudio):
-                        job = self._passes.submit(WhisperJob(self._whisper, output))
+                    if isinstance(output, UtterancePause):
+                        if early is not None:
+                            early.cancel()  # speech went on after the last pause
+                        # Only on an idle pool: a guess must not take a queued final's place.
+                        early = self._passes.submit(
+                            WhisperJob(self._whisper, output.pcm, output.start_s, True),
+                            when_idle=True,
+                        )
+                    elif isinstance(output, UtteranceAudio):
+                        job: asyncio.Future[FinalData | None] | None
+                        if output.after_pause and early is not None:
+                            job, early = early, None
+                        else:
+                            if early is not None:
+                                early.cancel()
+                                early = None
+                            job = self._passes.submit(
+                                WhisperJob(
+                                    self._whisper, output.pcm, output.start_s, output.speech_final
+                                )
+                            )
                         self._in_flight.append(time.monotonic())
                         ended.put_nowait((job, output))
                     else:
                         await merged.put(output)
             finally:
+                if early is not None:
+                    early.cancel()
                 ended.put_nowait((None, _END_OF_STREAM))
 
         async def finals() -> None:
@@ -368,10 +418,13 @@ class WhisperEngine(PooledEngine):
         if job is None:
             return utterance.fallback
         try:
-            return await job
+            final = await job
         except EngineError as exc:
             log.warning("Whisper pass failed, publishing the first pass's final: %s", exc)
             return utterance.fallback
+        if final is not None and final.speech_final != utterance.speech_final:
+            final = final.model_copy(update={"speech_final": utterance.speech_final})  # early
+        return final
 
 
 def _normalise_phrase(phrase: str) -> str:
@@ -472,6 +525,7 @@ class WhisperEngineProvider(EngineProvider):
             endpointing_ms=config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
             # The partials come from pocketsphinx, which knows only English.
             interim_results=config.interim_results and language == "en",
+            early_pass_ms=self._settings.whisper_early_pass_ms,
         )
         self._passes.start()  # loads the model in each worker while the first utterance runs
         return WhisperEngine(spec, self._workers, self.whisper_pass(language), self._passes)
