@@ -77,6 +77,11 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         workers.start()
         if (default := engines.get(settings.default_engine)) is not None:
+            if (reason := default.unavailable_reason()) is not None:
+                # Sessions that name no engine will get 422 engine_unavailable: say so now.
+                log.warning(
+                    "the default engine %r is not available: %s", settings.default_engine, reason
+                )
             default.prepare()
         yield
         for provider in engines.values():

