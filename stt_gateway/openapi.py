@@ -188,6 +188,14 @@ def _paths() -> dict[str, Any]:
                     "schema": {"type": "integer", "minimum": 0},
                     "description": "replay events after this seq first",
                 },
+                {
+                    "name": "events",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": True},
+                    "description": "false: audio in only, no events out (a producer that never "
+                    "reads cannot be cut off as a slow consumer); not with since",
+                },
             ],
             "get": {
                 "summary": "WebSocket: binary PCM16 frames and ControlMessage text frames in; "
@@ -195,7 +203,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "sessionSocket",
                 "responses": {
                     "101": {"description": "switching to WebSocket"},
-                    "400": _error("malformed since"),
+                    "400": _error("malformed since or events, or both since and events=false"),
                     **not_found,
                 },
             },

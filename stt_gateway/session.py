@@ -127,6 +127,7 @@ class Session:
         self._finals: list[FinalData] = []
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
+        self._ended = asyncio.Event()  # set once session_end is published
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -177,6 +178,10 @@ class Session:
         self._last_activity = time.monotonic()  # read by the idle timer; no per-frame timer work
         self._arrivals.append((self.audio_seconds, self._last_activity))
         await self._engine.feed(pcm)
+
+    async def wait_ended(self) -> None:
+        """Return once ``session_end`` has been published (at once if it has)."""
+        await self._ended.wait()
 
     async def finalize(self) -> None:
         """Finalize the utterance in progress now (a ``final`` follows).
@@ -239,6 +244,7 @@ class Session:
                 )
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
         self._state = "closed"
+        self._ended.set()
         log.info(
             "session closed id=%s reason=%s audio_s=%.2f events=%d",
             self.id,

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.audio_files import Clip, clips, wer
+from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, direct_finals
 from tests.gateway_client import (
     FRAME_MS,
@@ -123,3 +123,30 @@ async def test_stream_gives_interims_finals_and_the_same_seqs_to_every_subscribe
         f" | {transcript['text']!r}"
     )
     assert abs(gateway_wer - direct_wer) <= 0.01
+
+
+async def test_an_audio_only_socket_gets_no_events_and_closes_when_the_session_ends(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    c = clip("librivox-sns-0870")
+    session = await create_session(http, gateway.base)
+    sid = session["session_id"]
+    producer = await http.ws_connect(session["ws_url"] + "?events=false")
+    watcher = Received()
+    watching = asyncio.create_task(follow_sse(http, session["stream_url"], watcher))
+    await wait_for_subscribers(http, gateway.base, sid, 1)
+    for frame in frames(c.pcm, 16_000):
+        await producer.send_bytes(frame)
+    async with http.get(f"{gateway.base}/sessions/{sid}") as resp:
+        assert (await resp.json())["subscribers"] == 1  # the SSE reader, not the producer
+    await producer.send_json({"type": "close"})
+    # Everything the producer's socket gets: no event, then the close after session_end.
+    msg = await asyncio.wait_for(producer.receive(), 30)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    await asyncio.wait_for(watching, 10)
+    assert watcher.finals_text() == " ".join(f.text for f in direct_finals(c))
+    assert watcher.logged[-1]["event_type"] == "session_end"
+    for query in ("events=false&since=1", "events=maybe"):
+        async with http.get(f"{gateway.base}/sessions/{sid}/ws?{query}") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "bad_request"

@@ -97,6 +97,17 @@ def bound_send_buffer(request: web.Request, size: int) -> None:
     transport.set_write_buffer_limits(high=size)
 
 
+def bool_param(value: str | None, name: str, default: bool) -> bool:
+    """Parse an optional ``true``/``false`` (or ``1``/``0``) parameter. Raises BadRequestBody."""
+    if value is None or value == "":
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise BadRequestBody(f"{name} must be true or false, not {value!r}")
+
+
 def int_param(value: str | None, name: str) -> int | None:
     """Parse an optional non-negative integer parameter (e.g. a seq). Raises BadRequestBody."""
     if value is None or value == "":
