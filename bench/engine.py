@@ -69,16 +69,17 @@ class Direct:
     gateway's Whisper passes run inline (the early ones that end up unused are not run)."""
 
     def __init__(self, engine: str) -> None:
+        self.settings = Settings(_env_file=None)
         self.whisper: WhisperPass | None = None
         if engine == "whisper":
-            provider = WhisperEngineProvider(WorkerPool(1), Settings(_env_file=None))
+            provider = WhisperEngineProvider(WorkerPool(1), self.settings)
             self.whisper = provider.whisper_pass("en")
             self.whisper(np.zeros(16_000, np.int16), 0.0, True)  # load the model untimed
 
     def recognizer(self) -> Recognizer:
         if self.whisper is None:
             return LocalEngineProvider.spec(SessionConfig()).build()
-        early_pass_ms = Settings(_env_file=None).whisper_early_pass_ms
+        early_pass_ms = self.settings.whisper_early_pass_ms
         return WhisperRecognizerSpec(16_000, 500, True, early_pass_ms).build()
 
     def run(self, pcm: bytes, seconds: float) -> tuple[str, float]:

@@ -208,11 +208,7 @@ class WorkerPool:
             EngineError: the recogniser could not be built, or the worker died.
         """
         self.start()
-        for i, worker in enumerate(self._workers):
-            if worker.dead:
-                log.warning("engine worker %d died; starting a new one", i)
-                self._workers[i] = _Worker(self._ctx, i, self._niceness)
-        worker = min(self._workers, key=lambda w: w.streams)
+        worker = min((self._live(i) for i in range(self._size)), key=lambda w: w.streams)
         stream = WorkerStream(self, worker, next(self._ids))
         worker.streams += 1
         try:
@@ -232,11 +228,15 @@ class WorkerPool:
             EngineError: the job raised (its exception named) or the worker died.
         """
         self.start()
+        result: T = await self._live(index).call(0, Op.RUN, job)
+        return result
+
+    def _live(self, index: int) -> _Worker:
+        """Worker ``index``, replaced by a new process first if it died."""
         if self._workers[index].dead:
             log.warning("engine worker %d died; starting a new one", index)
             self._workers[index] = _Worker(self._ctx, index, self._niceness)
-        result: T = await self._workers[index].call(0, Op.RUN, job)
-        return result
+        return self._workers[index]
 
     @property
     def size(self) -> int:
