@@ -18,6 +18,7 @@ from .registry import SessionRegistry
 from .settings import Settings
 from .transports import info, rest, sse, ws
 from .transports.common import METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
+from .transports.guard import open_mode_guard
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def create_app(
     # Body limit above the audio chunk limit, so an oversized chunk gets our 413 with a
     # message rather than aiohttp's bare one (base64 in JSON is 4/3 of the bytes).
     app = web.Application(
-        middlewares=[error_middleware],
+        # error_middleware outermost: the guard's refusals get the JSON error body too.
+        middlewares=[error_middleware, open_mode_guard(settings)],
         client_max_size=settings.max_chunk_bytes * 4 // 3 + _JSON_BODY_SLACK,
     )
     workers = WorkerPool(settings.engine_processes)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from . import __version__
 from .app import create_app
@@ -61,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per bad setting: its environment variable, what it takes, what was wrong.
+
+    The value itself is not repeated (it may be a secret).
+    """
+    lines = []
+    for err in exc.errors(include_url=False):
+        name = str(err["loc"][0]) if err["loc"] else ""
+        field = Settings.model_fields.get(name)
+        variable = name if name.isupper() else f"STT_GATEWAY_{name.upper()}"
+        takes = f" (takes: {field.description})" if field and field.description else ""
+        lines.append(f"{variable}: {err['msg']}{takes}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse ``argv`` and run the command. Flags override ``STT_GATEWAY_*`` settings."""
     args_in = sys.argv[1:] if argv is None else argv
@@ -91,8 +107,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    """Run the gateway. A bad setting exits with status 2 and one line per setting."""
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for line in settings_errors(exc):
+            print(f"stt-gateway: {line}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -4,8 +4,12 @@
 
     GatewayError                 code                 HTTP   WS / SSE
     ├── SessionNotFound          session_not_found    404    (route answers 404 before upgrade)
-    ├── SessionClosed            session_closed       409    error event
-    ├── TooManySessions          too_many_sessions    503    —
+    ├── SessionClosed            session_closed       409    error event (to the sender)
+    ├── ProducerConflict         producer_conflict    409    error event (to the sender)
+    ├── TooManySessions          too_many_sessions    503    — (with Retry-After)
+    ├── InvalidResumeId          invalid_resume_id    400    (handshake answers 400)
+    ├── Forbidden                forbidden_origin     403    (handshake answers 403)
+    │                            forbidden_host
     ├── InvalidConfig            invalid_config       422    —
     ├── AudioError                                    4xx    error event, socket stays open
     │   ├── EmptyAudio           empty_audio          400
@@ -32,6 +36,12 @@ concurrency limit; 503 with ``Retry-After``), ``upstream_unavailable`` (5xx, net
 ``upstream_bad_audio`` (close 1008 DATA-0000), ``upstream_timeout`` (close 1011 NET-0000 /
 NET-0001), ``upstream_closed`` (the socket dropped), and ``upstream_error`` (reconnecting gave
 up; ``session_end`` follows with that reason).
+
+An error caused by one connection's own input (a bad frame or control message, audio after
+the session closed, audio from a socket that is not the session's producer) goes to that
+connection only: the HTTP answer, or an ``error`` event without ``seq`` on its WebSocket; it is
+never published to the session's subscribers. Errors about the session itself (engine,
+upstream, timeouts) are published to every subscriber with a ``seq``.
 
 A handler never builds an error body by hand: it raises one of these, and the HTTP layer turns
 it into ``{"error": {"code", "message"}}`` with :attr:`GatewayError.status`, while the WebSocket
@@ -79,11 +89,44 @@ class SessionClosed(GatewayError):
     status = 409
 
 
+class ProducerConflict(GatewayError):
+    """Audio from a connection that is not the session's producer: another WebSocket already
+    holds the session's audio (``docs/api.md`` v2, "One client cannot hurt another")."""
+
+    code = "producer_conflict"
+    status = 409
+
+
 class TooManySessions(GatewayError):
     """The gateway already holds ``max_sessions`` live sessions."""
 
     code = "too_many_sessions"
     status = 503
+    retry_after_s = 5.0
+    """A slot frees as soon as any session closes; a few seconds is a fair first wait."""
+
+
+class InvalidResumeId(GatewayError):
+    """``Last-Event-ID``, ``last_event_id`` or ``since`` is not an integer in 0…2^63−1."""
+
+    code = "invalid_resume_id"
+    status = 400
+
+
+class Forbidden(GatewayError):
+    """A request refused for where it comes from, whatever it asks (open mode's guards).
+
+    Args:
+        code: ``forbidden_origin`` (a foreign ``Origin``) or ``forbidden_host`` (a ``Host``
+            that is not a loopback name while bound to loopback: DNS rebinding).
+        message: what was refused and how an operator allows it.
+    """
+
+    status = 403
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class InvalidConfig(GatewayError):

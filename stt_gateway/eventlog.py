@@ -249,7 +249,8 @@ class EventLog:
         """
         first = self.first_held_seq
         start = 0 if since is None else since
-        backlog = list(itertools.islice(self._ring, max(0, start - first + 1), None))
+        skip = min(len(self._ring), max(0, start - first + 1))
+        backlog = list(itertools.islice(self._ring, skip, None))
         if since is not None and since + 1 < first:
             gap = self._error(
                 "replay_gap",

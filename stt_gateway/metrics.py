@@ -55,6 +55,16 @@ class GatewayMetrics:
             ["code"],
             registry=r,
         )
+        self.errors = Counter(
+            "stt_errors",
+            "Errors reported to clients, by code: error events published to a session, errors "
+            "sent to the one connection that caused them, and HTTP error answers",
+            ["code"],
+            registry=r,
+        )
+        self.session_ends = Counter(
+            "stt_session_ends", "Sessions ended, by session_end reason", ["reason"], registry=r
+        )
         self.subscribers = Gauge(
             "stt_subscribers", "Connected subscribers, by transport", ["transport"], registry=r
         )
@@ -86,6 +96,10 @@ class GatewayMetrics:
         """Report sessions and audio seconds from ``sessions`` at each scrape."""
         self.registry.register(_SessionCollector(sessions))
 
+    def error(self, code: str) -> None:
+        """Count one error answered or sent to a client (``code`` from stt_gateway.errors)."""
+        self.errors.labels(code).inc()
+
     def observer(self, engine: str) -> SessionObserver:
         """Hooks for one session on ``engine``."""
         return _Observer(self, engine)
@@ -104,14 +118,19 @@ class _Observer:
         if counter is None:
             counter = self._events[event_type] = self._m.events.labels(event_type)
         counter.inc()
-        if code is not None and code.startswith("upstream_"):
-            self._m.upstream.labels(code).inc()
+        if code is not None:
+            self._m.error(code)
+            if code.startswith("upstream_"):
+                self._m.upstream.labels(code).inc()
 
     def latency(self, kind: str, seconds: float) -> None:
         self._latency[kind].observe(seconds)
 
     def dropped(self, kind: str, count: int = 1) -> None:
         self._m.dropped.labels(kind).inc(count)
+
+    def ended(self, reason: str) -> None:
+        self._m.session_ends.labels(reason).inc()
 
 
 class _SessionCollector(Collector):

@@ -83,6 +83,11 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _SESSION_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_RESUME_ID = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_FORBIDDEN = _error(
+    "open mode: a foreign Origin (forbidden_origin) or, bound to loopback, a Host that is "
+    "not a loopback name (forbidden_host)"
+)
 _EVENT_STREAM = {
     "oneOf": [_ref(m) for m in _EVENTS],
     "discriminator": {"propertyName": "event_type"},
@@ -147,7 +152,10 @@ def _paths() -> dict[str, Any]:
                     "202": _json(AudioAccepted, "taken"),
                     "400": _error("bad base64, odd byte count, empty chunk, bad body"),
                     **not_found,
-                    "409": _error("the session is closed"),
+                    "409": _error(
+                        "the session is closed, or a WebSocket holds its audio "
+                        "(producer_conflict: one producer per session)"
+                    ),
                     "413": _error("the chunk is larger than max_chunk_bytes"),
                     "415": _error("not JSON or octet-stream"),
                 },
@@ -160,7 +168,7 @@ def _paths() -> dict[str, Any]:
                     "name": "last_event_id",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 0},
+                    "schema": _RESUME_ID,
                     "description": "resume after this seq (or the Last-Event-ID header)",
                 },
             ],
@@ -173,7 +181,7 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": _EVENT_STREAM}},
                     },
                     "204": {"description": "nothing after Last-Event-ID: it ended"},
-                    "400": _error("malformed Last-Event-ID"),
+                    "400": _error("Last-Event-ID not in 0…2^63−1 (invalid_resume_id)"),
                     **not_found,
                 },
             },
@@ -185,7 +193,7 @@ def _paths() -> dict[str, Any]:
                     "name": "since",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 0},
+                    "schema": _RESUME_ID,
                     "description": "replay events after this seq first",
                 },
                 {
@@ -203,7 +211,10 @@ def _paths() -> dict[str, Any]:
                 "operationId": "sessionSocket",
                 "responses": {
                     "101": {"description": "switching to WebSocket"},
-                    "400": _error("malformed since or events, or both since and events=false"),
+                    "400": _error(
+                        "since not in 0…2^63−1 (invalid_resume_id), malformed events, or "
+                        "both since and events=false"
+                    ),
                     **not_found,
                 },
             },
@@ -256,6 +267,15 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _with_forbidden(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may answer 403: open mode's guards run before any route."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method != "parameters":
+                operation["responses"].setdefault("403", _FORBIDDEN)
+    return paths
+
+
 def build_spec() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document (a JSON-able dict)."""
     _, defs = models_json_schema(
@@ -283,6 +303,6 @@ def build_spec() -> dict[str, Any]:
             "description": "Real-time speech-to-text: PCM16 in over WebSocket or HTTP, "
             "interim and final transcripts out over SSE and WebSocket.",
         },
-        "paths": _paths(),
+        "paths": _with_forbidden(_paths()),
         "components": {"schemas": schemas},
     }

@@ -5,10 +5,13 @@ Lifecycle (``docs/api.md``)::
     created ──first audio──► streaming ──close()──► closing ──last finals, session_end──► closed
        └───────────────────────close()──────────────────┘
 
-Audio goes in through :meth:`Session.feed`; one pump task turns the engine's results into
-events. :meth:`Session.close` asks the engine to flush, waits (bounded) for its last results,
-publishes ``session_end`` and returns the transcript; it is idempotent and every caller gets
-the same outcome.
+Audio goes in through :meth:`Session.feed`, from one producer at a time: the first
+connection that feeds with a ``producer`` identity holds the session's audio until it calls
+:meth:`Session.release_producer`; audio from anyone else meanwhile raises ``ProducerConflict``
+(two streams interleaved into one recogniser would garble both). One pump task turns the
+engine's results into events. :meth:`Session.close` asks the engine to flush, waits (bounded)
+for its last results, publishes ``session_end`` and returns the transcript; it is idempotent
+and every caller gets the same outcome.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Protocol
 
 from .audio import BYTES_PER_SAMPLE, check_chunk
 from .engines.base import Engine
-from .errors import GatewayError, SessionClosed
+from .errors import GatewayError, ProducerConflict, SessionClosed
 from .eventlog import EventLog, Subscription
 from .events import (
     EngineResult,
@@ -53,6 +56,9 @@ class SessionObserver(Protocol):
     def dropped(self, kind: str, count: int = 1) -> None:
         """``coalesced`` interims or ``slow_consumer`` cuts."""
 
+    def ended(self, reason: str) -> None:
+        """The session ended with ``session_end`` ``reason``."""
+
 
 class NullObserver:
     """Observes nothing."""
@@ -64,6 +70,9 @@ class NullObserver:
         pass
 
     def dropped(self, kind: str, count: int = 1) -> None:
+        pass
+
+    def ended(self, reason: str) -> None:
         pass
 
 
@@ -124,6 +133,7 @@ class Session:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._state: SessionState = "created"
         self._audio_bytes = 0
+        self._producer: object | None = None  # the connection holding the audio, if any
         self._finals: list[FinalData] = []
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
@@ -160,24 +170,42 @@ class Session:
         """Seconds of audio received so far."""
         return self._audio_bytes / BYTES_PER_SAMPLE / self.config.sample_rate
 
-    async def feed(self, pcm: bytes) -> None:
+    async def feed(self, pcm: bytes, producer: object | None = None) -> None:
         """Take one chunk of PCM16 audio at the session's sample rate.
 
         Awaits while the engine is behind (backpressure on the producer).
 
+        Args:
+            pcm: the chunk (bytes, a whole number of 2-byte samples).
+            producer: the identity of a connection that streams (a WebSocket): its first
+                good chunk makes it the session's producer until :meth:`release_producer`.
+                ``None`` (an HTTP POST) feeds only while no connection holds the audio.
+
         Raises:
             EmptyAudio, OddByteCount, ChunkTooLarge: the chunk cannot be PCM16 audio; nothing
                 of it is used and the session goes on.
+            ProducerConflict: another connection holds the session's audio; nothing is used.
             SessionClosed: the session is closing or closed.
         """
         self._check_open()
+        if self._producer is not None and producer is not self._producer:
+            raise ProducerConflict(
+                f"session {self.id} takes its audio from another connection (one producer "
+                f"per session); this audio is not heard. Send once that connection closes."
+            )
         check_chunk(pcm, self._max_chunk_bytes)
+        self._producer = producer
         if self._state == "created":
             self._state = "streaming"
         self._audio_bytes += len(pcm)
         self._last_activity = time.monotonic()  # read by the idle timer; no per-frame timer work
         self._arrivals.append((self.audio_seconds, self._last_activity))
         await self._engine.feed(pcm)
+
+    def release_producer(self, producer: object) -> None:
+        """``producer`` no longer streams (its connection closed); anyone may feed next."""
+        if self._producer is producer:
+            self._producer = None
 
     async def wait_ended(self) -> None:
         """Return once ``session_end`` has been published (at once if it has)."""
@@ -235,7 +263,7 @@ class Session:
                     await asyncio.shield(pump)
             except TimeoutError:
                 pump.cancel()
-                self._log.publish(
+                self._publish_error(
                     ErrorData(
                         code="engine_timeout",
                         message=f"the engine did not flush its last results within "
@@ -243,6 +271,7 @@ class Session:
                     )
                 )
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
+        self._observer.ended(reason)
         self._state = "closed"
         self._ended.set()
         log.info(
@@ -267,16 +296,24 @@ class Session:
 
     def _fail(self, code: str, message: str) -> None:
         """The engine failed for good: publish why, then end the session with that code."""
-        self._log.publish(ErrorData(code=code, message=message))
+        self._publish_error(ErrorData(code=code, message=message))
         if self._closing is None:
             self._state = "closing"
             self._closing = asyncio.create_task(self._close(code))
 
     def _publish_result(self, result: EngineResult) -> None:
+        if isinstance(result, ErrorData):
+            self._publish_error(result)
+            return
         if isinstance(result, FinalData):
             self._finals.append(result)
         self._log.publish(result)
         self._measure(result)
+
+    def _publish_error(self, error: ErrorData) -> None:
+        """An error about the session itself: to every subscriber, and to the operator's log."""
+        log.warning("session error id=%s code=%s: %s", self.id, error.code, error.message)
+        self._log.publish(error)
 
     def _measure(self, result: EngineResult) -> None:
         """Latency figures from when the audio a result covers arrived."""
@@ -310,11 +347,6 @@ class Session:
             raise SessionClosed(f"session {self.id} is {self._state} and takes no more input")
 
     # -- reading ---------------------------------------------------------------------------
-
-    def report_error(self, error: GatewayError) -> None:
-        """Publish ``error`` as an ``error`` event (bad input from a client); no-op once closed."""
-        if self._state != "closed":
-            self._log.publish(ErrorData(code=error.code, message=error.message))
 
     def subscribe(self, since: int | None = None) -> Subscription:
         """Events after ``since`` (see :meth:`EventLog.subscribe`), then live ones."""

@@ -7,12 +7,18 @@ pydantic-settings'.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 from .models import EngineName
+
+CommaList = Annotated[list[str], NoDecode]
+"""A list setting written as ``a,b,c`` in the environment (not JSON)."""
 
 
 class Settings(BaseSettings):
@@ -25,6 +31,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface the server binds to")
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
     log_level: str = Field("INFO", description="logging level name")
+
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port], comma-separated) allowed to call the "
+        "gateway from a browser besides its own; default none: same-origin only",
+    )
+    allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description="Host names served besides loopback names while bound to loopback "
+        "(e.g. the name a local TLS proxy forwards); others get 403 (DNS rebinding)",
+    )
 
     default_engine: EngineName = Field(
         "local", description="engine of sessions whose config names none"
@@ -65,6 +82,12 @@ class Settings(BaseSettings):
         gt=0,
         description="an SSE write blocked this long aborts that subscriber's "
         "connection (a dead or frozen peer)",
+    )
+    ws_max_bad_frames: int = Field(
+        10,
+        ge=1,
+        description="a WebSocket that sends this many bad frames (or audio while another "
+        "socket is the producer) within a minute is closed with 1008",
     )
     heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat event interval")
     ws_ping_s: float = Field(
@@ -171,3 +194,53 @@ class Settings(BaseSettings):
         description="audio not yet covered by a final kept for replay after a "
         "reconnect (older audio is dropped and counted as a gap)",
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """``https://app.example, http://localhost:3000`` → normalised origins.
+
+        Raises:
+            ValueError: an entry that is not ``scheme://host[:port]``.
+        """
+        origins = []
+        for item in _split(value):
+            url = URL(item.rstrip("/"))
+            if url.scheme not in ("http", "https") or not url.host or url.raw_path not in ("", "/"):
+                raise ValueError(f"{item!r} is not an origin: write scheme://host[:port]")
+            origins.append(str(url.origin()))
+        return origins
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        return [h.lower() for h in _split(value)]
+
+    @property
+    def loopback_bound(self) -> bool:
+        """Whether the gateway listens on a loopback address only."""
+        return is_loopback_name(self.host)
+
+
+def _split(value: object) -> list[str]:
+    """Comma-separated text → list of stripped items; a list of strings stays as it is.
+
+    Raises:
+        ValueError: neither.
+    """
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise ValueError("write a comma-separated list")
+
+
+def is_loopback_name(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (brackets allowed), without a port."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -130,6 +130,9 @@ async def test_ws_bad_frames_get_error_events_and_the_socket_and_sessions_go_on(
     errors = received.of_type("error")
     assert [e["data"]["code"] for e in errors] == [code for _, _, code in BAD_WS_FRAMES]
     assert all(e["data"]["message"] for e in errors)
+    # Errors about this socket's own frames are its alone: no seq, not in the session's log.
+    assert not any("seq" in e for e in errors)
+    assert received.seqs == list(range(1, len(received.seqs) + 1))
     assert received.of_type("session_end")[0]["data"]["reason"] == "client_closed"
     assert received.finals_text() == expected_text(GOOD)
     assert await other == expected_text(OTHER)
@@ -202,4 +205,4 @@ async def test_sse_malformed_resume_id_is_400(
     headers = {"Last-Event-ID": header} if header else {}
     async with http.get(session["stream_url"] + query, headers=headers) as resp:
         assert resp.status == 400
-        assert (await error_of(resp))["code"] == "bad_request"
+        assert (await error_of(resp))["code"] == "invalid_resume_id"

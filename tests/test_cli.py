@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 import aiohttp
@@ -13,7 +14,7 @@ from tests.conftest import Gateway, direct_finals
 from tests.gateway_client import create_session
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -21,6 +22,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else os.environ | env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
@@ -68,3 +70,17 @@ async def test_cli_follow_prints_a_sessions_finals(
     assert " ".join(out.splitlines()) == transcript
     code, out, _ = await run_cli("follow", "no-such-session", "--url", gateway.base)
     assert code == 2
+
+
+async def test_serve_with_bad_settings_exits_2_with_one_line_per_setting() -> None:
+    code, _, err = await run_cli(
+        "--port",
+        "0",
+        env={"STT_GATEWAY_MAX_SESSIONS": "abc", "STT_GATEWAY_CORS_ORIGINS": "evil"},
+    )
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert any(line.startswith("stt-gateway: STT_GATEWAY_MAX_SESSIONS: ") for line in lines)
+    assert any("STT_GATEWAY_CORS_ORIGINS" in line and "'evil'" in line for line in lines)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from stt_gateway.app import create_app
@@ -56,8 +58,9 @@ async def test_a_slow_session_does_not_delay_another(
 
 
 async def test_a_dead_engine_worker_ends_its_sessions_cleanly_and_new_ones_work(
-    start_gateway: StartGateway, http: aiohttp.ClientSession
+    start_gateway: StartGateway, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="stt_gateway")
     gw = await start_gateway(engine_processes=1)
     doomed = await create_session(http, gw.base)
     ws = await http.ws_connect(doomed["ws_url"])
@@ -72,6 +75,13 @@ async def test_a_dead_engine_worker_ends_its_sessions_cleanly_and_new_ones_work(
     assert got.of_type("error")[0]["data"]["code"] == "engine_error"
     assert "worker" in got.of_type("error")[0]["data"]["message"]
     assert got.of_type("session_end")[0]["data"]["reason"] == "engine_error"
+    # The operator hears of it too: at WARNING, naming the session.
+    assert any(
+        r.levelno == logging.WARNING
+        and doomed["session_id"] in r.getMessage()
+        and "engine_error" in r.getMessage()
+        for r in caplog.records
+    )
 
     fresh = await create_session(http, gw.base)
     async with http.post(

@@ -160,10 +160,12 @@ def engine_wer(pcm: bytes, reference: str, offset_ms: int) -> float:
 
 
 async def test_mic_page_in_an_insecure_context_says_why_and_how_to_fix_it(
-    gateway: Gateway, launch: Launch
+    start_gateway: StartGateway, launch: Launch
 ) -> None:
     # A host name that is not localhost, resolved to this machine's loopback by Chromium
     # itself: plain HTTP there is not a secure context, and no traffic leaves the machine.
+    # The gateway is bound to loopback, so that name must be listed to be served at all.
+    gateway = await start_gateway(allowed_hosts=["stt-gateway.test"])
     port = gateway.base.rsplit(":", 1)[1]
     browser = await launch(*FAKE_MIC, "--host-resolver-rules=MAP stt-gateway.test 127.0.0.1")
     page = await open_page(browser, f"http://stt-gateway.test:{port}/")

@@ -146,6 +146,7 @@ async def test_past_max_sessions_create_is_503_until_one_closes(
     async with http.post(f"{gw.base}/sessions") as resp:
         assert resp.status == 503
         assert (await resp.json())["error"]["code"] == "too_many_sessions"
+        assert int(resp.headers["Retry-After"]) >= 1
     async with http.delete(f"{gw.base}/sessions/{first['session_id']}"):
         pass
     await create_session(http, gw.base)

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..engines.workers import WorkerPool
-from ..errors import BadRequestBody, ChunkTooLarge, GatewayError
+from ..errors import BadRequestBody, ChunkTooLarge, GatewayError, InvalidResumeId
 from ..metrics import GatewayMetrics
 from ..registry import SessionRegistry
 from ..session import Session
@@ -67,11 +67,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
+        request.app[METRICS].error(exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.retry_after_s)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
+        request.app[METRICS].error(code)
         # Keep aiohttp's headers that matter to clients (405's Allow, RFC 9110 §15.5.6).
         kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         message = exc.reason if exc.text is None else exc.text
@@ -108,10 +110,20 @@ def bool_param(value: str | None, name: str, default: bool) -> bool:
     raise BadRequestBody(f"{name} must be true or false, not {value!r}")
 
 
-def int_param(value: str | None, name: str) -> int | None:
-    """Parse an optional non-negative integer parameter (e.g. a seq). Raises BadRequestBody."""
+MAX_RESUME_ID = 2**63 - 1
+"""Largest ``seq`` a client may resume from (a signed 64-bit integer, ``docs/api.md`` v2)."""
+
+
+def resume_id_param(value: str | None, name: str) -> int | None:
+    """Parse an optional resume position (``Last-Event-ID``, ``last_event_id``, ``since``).
+
+    Raises:
+        InvalidResumeId: not ASCII digits, or above 2^63−1.
+    """
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise BadRequestBody(f"{name} must be a non-negative integer, not {value!r}")
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses.
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_RESUME_ID:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise InvalidResumeId(f"{name} must be an integer from 0 to {MAX_RESUME_ID}, not {shown!r}")
     return int(value)

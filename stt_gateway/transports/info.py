@@ -48,6 +48,7 @@ async def info(request: web.Request) -> web.Response:
             "limits": {
                 "max_sessions": s.max_sessions,
                 "max_chunk_bytes": s.max_chunk_bytes,
+                "ws_max_bad_frames_per_minute": s.ws_max_bad_frames,
                 "replay_events": s.replay_events,
                 "subscriber_queue": s.subscriber_queue,
                 "encodings": ["linear16"],

@@ -16,17 +16,17 @@ from aiohttp_sse import EventSourceResponse
 
 from ..eventlog import Record
 from ..events import HeartbeatData, make_event
-from .common import METRICS, SETTINGS, bound_send_buffer, int_param, session_of
+from .common import METRICS, SETTINGS, bound_send_buffer, resume_id_param, session_of
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/sessions/{id}/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Stream the session's events; 404 unknown session, 400 malformed resume id."""
+    """Stream the session's events; 404 unknown session, 400 ``invalid_resume_id``."""
     session = session_of(request)
     settings = request.app[SETTINGS]
-    since = int_param(
+    since = resume_id_param(
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id"),
         "Last-Event-ID",
     )

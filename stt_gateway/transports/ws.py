@@ -1,25 +1,35 @@
 """``GET /sessions/{id}/ws``: audio in as binary frames, control as JSON text, events out as JSON.
 
 Control messages: ``{"type": "finalize"}`` (final for the utterance in progress now),
-``{"type": "close"}`` (as ``DELETE``), ``{"type": "keepalive"}`` (no-op). A bad frame gets an
-``error`` event and the socket stays open. ``?since=<seq>`` replays events after that seq first.
-The socket closes (1000) after ``session_end`` is sent.
+``{"type": "close"}`` (as ``DELETE``), ``{"type": "keepalive"}`` (no-op). ``?since=<seq>``
+replays events after that seq first. The socket closes (1000) after ``session_end`` is sent.
+
+The first socket that sends audio is the session's producer until it closes; audio from any
+other socket meanwhile is not heard. An error caused by this socket's own frames (a bad frame or
+control message, audio after the session closed, audio while another socket produces) is sent
+to this socket only, as an ``error`` event without ``seq``; the session's subscribers never see
+it. A socket that sends ``ws_max_bad_frames`` such frames within a minute is closed with 1008
+(policy violation): a flood costs its sender, not the session.
 
 ``?events=false`` makes the socket audio-in only (a phone bridge that never reads): it gets no
-events, so it can never fall behind and be cut off as a slow consumer, which would close the
-socket its audio comes in on; it still closes when the session ends.
+session events, so it can never fall behind and be cut off as a slow consumer, which would
+close the socket its audio comes in on; it still gets its own errors, and closes when the
+session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import deque
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
 from ..errors import BadControlMessage, BadRequestBody, GatewayError
 from ..eventlog import Subscription
+from ..events import ErrorData, make_event
 from ..models import ControlMessage
 from ..session import Session
 from .common import (
@@ -27,20 +37,26 @@ from .common import (
     SETTINGS,
     bool_param,
     bound_send_buffer,
-    int_param,
+    resume_id_param,
     session_of,
     validation_message,
 )
 
 routes = web.RouteTableDef()
 
+_BAD_FRAME_WINDOW_S = 60.0
+
 
 @routes.get("/sessions/{id}/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Upgrade and serve one session socket; 404 (before the upgrade) for an unknown session."""
+    """Upgrade and serve one session socket.
+
+    Answers before the upgrade: 404 unknown session, 400 ``invalid_resume_id`` (``since``) or
+    ``bad_request`` (``events``).
+    """
     session = session_of(request)
     settings = request.app[SETTINGS]
-    since = int_param(request.query.get("since"), "since")
+    since = resume_id_param(request.query.get("since"), "since")
     events = bool_param(request.query.get("events"), "events", default=True)
     if not events and since is not None:
         raise BadRequestBody("since replays events: it cannot go with events=false")
@@ -56,19 +72,33 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         _send_events(ws, sub) if sub is not None else _close_when_ended(ws, session),
         name=f"ws-out-{session.id}",
     )
-    connected = request.app[METRICS].subscribers.labels("ws")
+    metrics = request.app[METRICS]
+    connected = metrics.subscribers.labels("ws")
     if sub is not None:  # an audio-only socket is no subscriber
         connected.inc()
+    # Monotonic times of this socket's latest bad frames: full and all within the window → 1008.
+    strikes: deque[float] = deque(maxlen=settings.ws_max_bad_frames)
     try:
         async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                try:
-                    await session.feed(msg.data)
-                except GatewayError as exc:
-                    session.report_error(exc)
-            elif msg.type == WSMsgType.TEXT:
-                await _control(session, msg.data)
+            try:
+                if msg.type == WSMsgType.BINARY:
+                    await session.feed(msg.data, producer=ws)
+                elif msg.type == WSMsgType.TEXT:
+                    await _control(session, msg.data)
+            except GatewayError as exc:
+                metrics.error(exc.code)
+                strikes.append(time.monotonic())
+                full = len(strikes) == strikes.maxlen
+                if full and strikes[-1] - strikes[0] < _BAD_FRAME_WINDOW_S:
+                    await ws.close(
+                        code=WSCloseCode.POLICY_VIOLATION,
+                        message=f"{len(strikes)} bad frames within a minute; the last: "
+                        f"{exc.code}".encode(),
+                    )
+                    break
+                await _tell(ws, session, exc)
     finally:
+        session.release_producer(ws)
         if sub is not None:
             connected.dec()
             sub.close()
@@ -78,25 +108,33 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _tell(ws: web.WebSocketResponse, session: Session, exc: GatewayError) -> None:
+    """Send ``exc`` to this socket only: an ``error`` event with no ``seq``, in no log.
+
+    Awaited in the reader loop, so a sender that floods without reading is held back by its
+    own unread errors. (aiohttp writes each frame whole, so this may interleave with the event
+    writer task's frames but never split one.)
+    """
+    error = ErrorData(code=exc.code, message=exc.message)
+    event = make_event(error, seq=None, session_id=session.id)
+    with contextlib.suppress(ConnectionError):
+        await ws.send_str(event.model_dump_json(exclude_none=True))
+
+
 async def _control(session: Session, text: str) -> None:
+    """Run one control message. Raises BadControlMessage, SessionClosed."""
     try:
         command = ControlMessage.model_validate_json(text).type
     except ValidationError as exc:
-        session.report_error(
-            BadControlMessage(
-                f'not a control message ({validation_message(exc)}); send {{"type": '
-                f'"finalize"}}, {{"type": "close"}} or {{"type": "keepalive"}}; audio goes in '
-                f"binary frames"
-            )
-        )
-        return
-    try:
-        if command == "finalize":
-            await session.finalize()
-        elif command == "close":
-            await session.close()
-    except GatewayError as exc:
-        session.report_error(exc)
+        raise BadControlMessage(
+            f'not a control message ({validation_message(exc)}); send {{"type": '
+            f'"finalize"}}, {{"type": "close"}} or {{"type": "keepalive"}}; audio goes in '
+            f"binary frames"
+        ) from None
+    if command == "finalize":
+        await session.finalize()
+    elif command == "close":
+        await session.close()
 
 
 async def _close_when_ended(ws: web.WebSocketResponse, session: Session) -> None:
