@@ -235,7 +235,11 @@ def main() -> None:
     for transport in args.transports.split(","):
         for n in (int(x) for x in args.subscribers.split(",")):
             port = free_port()
-            gateway = start_gateway(port, {"STT_GATEWAY_ENGINE_PROCESSES": "1"}, uvloop=args.uvloop)
+            env = {
+                "STT_GATEWAY_ENGINE_PROCESSES": "1",
+                "STT_GATEWAY_MAX_SUBSCRIBERS": str(n + 10),  # above the default per session
+            }
+            gateway = start_gateway(port, env, uvloop=args.uvloop)
             try:
                 r = asyncio.run(_stage(f"http://127.0.0.1:{port}", transport, n, args, gateway.pid))
             finally:

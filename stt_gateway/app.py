@@ -22,8 +22,6 @@ from .transports.guard import open_mode_guard
 
 log = logging.getLogger(__name__)
 
-_JSON_BODY_SLACK = 64 * 1024
-
 
 def _default_providers(settings: Settings) -> Callable[[WorkerPool], dict[str, EngineProvider]]:
     def make(workers: WorkerPool) -> dict[str, EngineProvider]:
@@ -53,12 +51,13 @@ def create_app(
     are closed (``session_end`` reason ``shutdown``) when the server shuts down.
     """
     settings = settings or Settings()
-    # Body limit above the audio chunk limit, so an oversized chunk gets our 413 with a
-    # message rather than aiohttp's bare one (base64 in JSON is 4/3 of the bytes).
     app = web.Application(
         # error_middleware outermost: the guard's refusals get the JSON error body too.
         middlewares=[error_middleware, open_mode_guard(settings)],
-        client_max_size=settings.max_chunk_bytes * 4 // 3 + _JSON_BODY_SLACK,
+        client_max_size=settings.max_request_bytes,
+        # aiohttp arms this timer when a connection opens and only rearms it after a whole
+        # request: a client that trickles its headers (slowloris) is closed when it fires.
+        handler_args={"keepalive_timeout": settings.header_timeout_s},
     )
     workers = WorkerPool(settings.engine_processes)
     engines = (providers or _default_providers(settings))(workers)

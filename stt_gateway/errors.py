@@ -7,6 +7,8 @@
     ├── SessionClosed            session_closed       409    error event (to the sender)
     ├── ProducerConflict         producer_conflict    409    error event (to the sender)
     ├── TooManySessions          too_many_sessions    503    — (with Retry-After)
+    ├── TooManySubscribers       too_many_subscribers 503    (answered before SSE / upgrade)
+    ├── AudioLeadExceeded        audio_lead_exceeded  429    — (a socket is not read instead)
     ├── InvalidResumeId          invalid_resume_id    400    (handshake answers 400)
     ├── Forbidden                forbidden_origin     403    (handshake answers 403)
     │                            forbidden_host
@@ -26,7 +28,9 @@
 Codes that only ever arrive as ``error`` events, never as exceptions: ``slow_consumer`` (a
 subscriber fell too far behind and was cut off; it may resume from its last seq), ``replay_gap``
 (a resume asked for events the replay ring no longer holds; the message names the first seq),
-``engine_timeout`` (the engine did not flush its last results within ``close_timeout_s``),
+``engine_timeout`` (on close, the engine made no progress for ``close_timeout_s``: its last
+interim, if any, is published as a ``final`` with ``source: "interim"``), ``max_duration_soon``
+(the session ends in a minute: ``session_end`` reason ``max_duration`` follows),
 ``upstream_reconnecting`` and ``upstream_reconnected`` (with ``gap_ms``).
 
 Upstream (Deepgram) codes, as a ``POST /sessions`` answer when the first handshake fails, else
@@ -104,6 +108,26 @@ class TooManySessions(GatewayError):
     status = 503
     retry_after_s = 5.0
     """A slot frees as soon as any session closes; a few seconds is a fair first wait."""
+
+
+class TooManySubscribers(GatewayError):
+    """The session already has ``max_subscribers`` subscribers."""
+
+    code = "too_many_subscribers"
+    status = 503
+    retry_after_s = 5.0
+
+
+class AudioLeadExceeded(GatewayError):
+    """A POSTed chunk while the engine still has ``max_audio_lead_s`` of the session's audio
+    to recognise: nothing of it is used; send it again after ``Retry-After``."""
+
+    code = "audio_lead_exceeded"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidResumeId(GatewayError):

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import TooManySubscribers
 from .events import ErrorData, EventData, make_event
 
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ class EventLog:
         queue_size: live events a subscriber may have pending before it is cut off; past a
             half of it, its pending interims are coalesced.
         max_lag_s: a subscriber whose oldest pending event is older than this is cut off.
+        max_subscribers: subscribers at once.
         observer: told of every publish, coalesced interim and cut (metrics).
     """
 
@@ -176,6 +178,7 @@ class EventLog:
         ring_bytes: int,
         queue_size: int,
         max_lag_s: float = 30.0,
+        max_subscribers: int = 1_000,
         observer: SessionObserver | None = None,
     ) -> None:
         self.session_id = session_id
@@ -185,6 +188,7 @@ class EventLog:
         self._bytes = 0
         self._queue_size = queue_size
         self._max_lag_s = max_lag_s
+        self._max_subscribers = max_subscribers
         self._observer = observer
         self._subscribers: set[Subscription] = set()
         self._last_seq = 0
@@ -246,7 +250,15 @@ class EventLog:
 
         ``since=None`` starts at the oldest event held. A ``since`` older than the ring starts
         with a ``replay_gap`` error (no seq) naming the first seq that follows.
+
+        Raises:
+            TooManySubscribers: ``max_subscribers`` are subscribed already.
         """
+        if len(self._subscribers) >= self._max_subscribers and not self.closed:
+            raise TooManySubscribers(
+                f"session {self.session_id} has its limit of {self._max_subscribers} "
+                f"subscribers; try again when one leaves"
+            )
         first = self.first_held_seq
         start = 0 if since is None else since
         skip = min(len(self._ring), max(0, start - first + 1))

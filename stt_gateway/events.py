@@ -45,6 +45,11 @@ class FinalData(TokenData):
 
     words: list[Word]
     speech_final: bool = Field(description="true when an endpoint (end of utterance) closed it")
+    source: Literal["interim"] | None = Field(
+        None,
+        description='"interim": the engine could not finish this utterance (it failed, or did '
+        "not flush in time on close), so its last interim stands as the final; absent otherwise",
+    )
 
 
 class SpeechStartData(_Data):

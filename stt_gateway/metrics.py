@@ -167,8 +167,8 @@ def _second_pass_metrics(sessions: SessionRegistry) -> Iterator[Metric]:
     )
     outcomes = CounterMetricFamily(
         "stt_second_pass_jobs_ended",
-        "Second passes by outcome: done, failed, or refused (queue full: the streaming "
-        "engine's final was published instead)",
+        "Second passes by outcome: done, failed, refused (queue full) or late (not done "
+        "in time); the streaming engine's final was published for each but done",
         labels=["engine", "outcome"],
     )
     waits = HistogramMetricFamily(
@@ -182,7 +182,7 @@ def _second_pass_metrics(sessions: SessionRegistry) -> Iterator[Metric]:
             continue
         jobs.add_metric([engine, "queued"], stats.queued)
         jobs.add_metric([engine, "running"], stats.running)
-        for outcome in ("done", "failed", "refused"):
+        for outcome in ("done", "failed", "refused", "late"):
             outcomes.add_metric([engine, outcome], getattr(stats, outcome))
         cumulative = 0
         buckets = []

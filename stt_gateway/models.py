@@ -15,8 +15,10 @@ def _whole_number(value: Any) -> Any:
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
-EngineName = Literal["local", "whisper", "deepgram"]
-"""The engines a session config may name."""
+EngineName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+"""An engine's config name: ``local``, ``whisper`` and ``deepgram`` come with the gateway; the
+set is open (a deployment or a test registers its own), so the registry, not this type, says
+which names serve here."""
 
 
 class SessionConfig(BaseModel):
@@ -30,7 +32,15 @@ class SessionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     engine: EngineName | None = Field(
-        None, description="default: the gateway's default engine (`local` unless set otherwise)"
+        None,
+        description="`local`, `whisper` or `deepgram` (`GET /info` lists this gateway's); "
+        "default: the gateway's default engine (`local` unless set otherwise)",
+    )
+    fallback_engine: EngineName | None = Field(
+        None,
+        description="an upstream engine (`deepgram`) that gives up hands the session to this "
+        "embedded engine from the first audio no final covers, instead of ending it; `none`: "
+        "end it; default: the gateway's `fallback_engine` where it serves the language",
     )
     language: str | None = Field(
         None, min_length=2, max_length=35, description="BCP-47 tag; default: the engine's own"
@@ -93,6 +103,11 @@ class SessionInfo(BaseModel):
         description="ms the oldest ended utterance has waited for its final (0: none waits); "
         "grows when the engine's final pass is saturated (engine whisper)",
     )
+    engine_backlog_s: float = Field(
+        0.0,
+        description="s of audio the engine has taken and not yet recognised; a producer is "
+        "held back while it is at the max_audio_lead_s limit",
+    )
 
 
 class Segment(BaseModel):
@@ -102,6 +117,9 @@ class Segment(BaseModel):
     start: float
     end: float
     confidence: float
+    source: Literal["interim"] | None = Field(
+        None, description='"interim": the engine could not finish it (see the final event)'
+    )
 
 
 class Transcript(BaseModel):

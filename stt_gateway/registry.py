@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from functools import partial
 
 from .engines.base import EngineProvider
+from .engines.fallback import FallbackEngine
 from .errors import EngineUnavailable, InvalidConfig, SessionNotFound, TooManySessions
 from .metrics import GatewayMetrics
 from .models import SessionConfig
-from .session import Session
+from .session import Session, SessionLimits
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+NO_FALLBACK = "none"
+"""``fallback_engine`` value: the session ends when its upstream gives up."""
 
 
 class SessionRegistry:
@@ -41,6 +46,20 @@ class SessionRegistry:
         """Audio seconds of sessions already removed, by engine (metrics are counters)."""
         self._live = 0
         self._removals: dict[str, asyncio.TimerHandle] = {}
+        s = settings
+        self._limits = SessionLimits(
+            max_chunk_bytes=s.max_chunk_bytes,
+            max_audio_lead_s=s.max_audio_lead_s,
+            close_timeout_s=s.close_timeout_s,
+            close_max_wait_s=s.close_max_wait_s,
+            idle_timeout_s=s.idle_timeout_s,
+            max_duration_s=s.max_session_s,
+            max_subscribers=s.max_subscribers,
+            ring_events=s.replay_events,
+            ring_bytes=s.replay_bytes,
+            queue_size=s.subscriber_queue,
+            max_lag_s=s.subscriber_max_lag_s,
+        )
 
     def resolve(self, config: SessionConfig) -> tuple[EngineProvider, SessionConfig]:
         """The provider for ``config.engine`` and the config with its defaults filled in.
@@ -50,13 +69,65 @@ class SessionRegistry:
             InvalidConfig: a value the engine cannot honour.
         """
         name = config.engine or self._settings.default_engine
+        provider = self._provider("engine", name)
+        resolved = provider.resolve(config.model_copy(update={"engine": name}))
+        fallback = self._fallback_name(provider, resolved, config.fallback_engine)
+        return provider, resolved.model_copy(update={"fallback_engine": fallback})
+
+    def _provider(self, field: str, name: str) -> EngineProvider:
+        """The available provider called ``name``. Raises InvalidConfig, EngineUnavailable."""
         provider = self.providers.get(name)
         if provider is None:
-            raise InvalidConfig(f"engine: {name!r} is not an engine of this gateway")
+            raise InvalidConfig(f"{field}: {name!r} is not an engine of this gateway")
         reason = provider.unavailable_reason()
         if reason is not None:
-            raise EngineUnavailable(f"engine: {name!r} is not available here: {reason}")
-        return provider, provider.resolve(config.model_copy(update={"engine": name}))
+            raise EngineUnavailable(f"{field}: {name!r} is not available here: {reason}")
+        return provider
+
+    def _fallback_name(
+        self, provider: EngineProvider, resolved: SessionConfig, asked: str | None
+    ) -> str | None:
+        """The fallback engine a session gets: ``None`` where its engine cannot fall back,
+        ``"none"`` where none serves it. Raises InvalidConfig for an explicit ask that cannot
+        be honoured."""
+        if not provider.falls_back:
+            if asked not in (None, NO_FALLBACK):
+                raise InvalidConfig(
+                    f"fallback_engine: engine {resolved.engine!r} runs here and does not fall "
+                    f"back; only an upstream engine (deepgram) does"
+                )
+            return None
+        name = asked or self._settings.fallback_engine
+        if name == NO_FALLBACK:
+            return NO_FALLBACK
+        try:
+            self.fallback_for(name, resolved)
+        except (InvalidConfig, EngineUnavailable) as exc:
+            if asked is None:
+                return NO_FALLBACK  # the gateway's default does not serve this session
+            raise InvalidConfig(exc.message) from None
+        return name
+
+    def fallback_for(
+        self, name: str, resolved: SessionConfig
+    ) -> tuple[EngineProvider, SessionConfig]:
+        """The provider and config a session with ``resolved`` config continues on when its
+        upstream gives up. Raises InvalidConfig, EngineUnavailable."""
+        provider = self._provider("fallback_engine", name)
+        if provider.falls_back:
+            raise InvalidConfig(f"fallback_engine: {name!r} is not an embedded engine")
+        try:
+            config = provider.resolve(
+                SessionConfig(
+                    engine=name,
+                    language=resolved.language,
+                    sample_rate=resolved.sample_rate,
+                    interim_results=resolved.interim_results,
+                )
+            )
+        except InvalidConfig as exc:
+            raise InvalidConfig(f"fallback_engine: {exc.message}") from None
+        return provider, config
 
     async def create(self, config: SessionConfig) -> Session:
         """Create and start a session.
@@ -72,18 +143,18 @@ class SessionRegistry:
                 f"close one or try again later"
             )
         provider, resolved = self.resolve(config)
-        s = self._settings
+        engine = provider.create(resolved)
+        if resolved.fallback_engine not in (None, NO_FALLBACK):
+            assert resolved.fallback_engine is not None
+            fallback, fallback_config = self.fallback_for(resolved.fallback_engine, resolved)
+            engine = FallbackEngine(
+                engine, partial(fallback.create, fallback_config), resolved.fallback_engine
+            )
         session = Session(
             uuid.uuid4().hex,
             resolved,
-            provider.create(resolved),
-            max_chunk_bytes=s.max_chunk_bytes,
-            ring_events=s.replay_events,
-            ring_bytes=s.replay_bytes,
-            queue_size=s.subscriber_queue,
-            max_lag_s=s.subscriber_max_lag_s,
-            close_timeout_s=s.close_timeout_s,
-            idle_timeout_s=s.idle_timeout_s,
+            engine,
+            self._limits,
             on_closed=self._closed,
             observer=self._metrics.observer(provider.name) if self._metrics else None,
         )

@@ -21,11 +21,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .audio import BYTES_PER_SAMPLE, check_chunk
 from .engines.base import Engine
-from .errors import GatewayError, ProducerConflict, SessionClosed
+from .errors import AudioLeadExceeded, GatewayError, ProducerConflict, SessionClosed
 from .eventlog import EventLog, Subscription
 from .events import (
     EngineResult,
@@ -76,6 +77,44 @@ class NullObserver:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What one session may hold and how long it waits (``docs/api.md`` v2, "Limits").
+
+    Attributes:
+        max_chunk_bytes: the largest audio chunk :meth:`Session.feed` takes (bytes).
+        max_audio_lead_s: audio (s) the engine may have taken and not yet recognised; a
+            producer past it waits (or, not waiting, gets ``AudioLeadExceeded``).
+        close_timeout_s: on close, the longest the engine may go without progress (no
+            result, no audio recognised) before its last results are given up (s).
+        close_max_wait_s: on close, the longest wait for the engine's last results even
+            while it progresses (s).
+        idle_timeout_s: with no audio and no subscriber this long (s), the session ends
+            with reason ``idle_timeout``.
+        max_duration_s: the session ends with reason ``max_duration`` this long after its
+            creation (s), after an ``error`` ``max_duration_soon`` a minute before.
+        max_subscribers: subscribers at once (SSE and WebSocket).
+        ring_events, ring_bytes, queue_size, max_lag_s: see
+            :class:`~stt_gateway.eventlog.EventLog`.
+    """
+
+    max_chunk_bytes: int
+    max_audio_lead_s: float
+    close_timeout_s: float
+    close_max_wait_s: float
+    idle_timeout_s: float
+    max_duration_s: float
+    max_subscribers: int
+    ring_events: int
+    ring_bytes: int
+    queue_size: int
+    max_lag_s: float
+
+
+MAX_DURATION_WARNING_S = 60.0
+"""How long before ``max_duration`` the ``max_duration_soon`` warning goes out."""
+
+
 class Session:
     """One live transcription: audio in, events out.
 
@@ -83,12 +122,7 @@ class Session:
         session_id: the session's id.
         config: its resolved config (every default filled in).
         engine: a not yet started engine for it.
-        max_chunk_bytes: the largest audio chunk :meth:`feed` takes.
-        ring_events, ring_bytes, queue_size, max_lag_s: see
-            :class:`~stt_gateway.eventlog.EventLog`.
-        close_timeout_s: longest wait (s) for the engine's last results on close.
-        idle_timeout_s: with no audio and no subscriber this long (s), the session ends
-            with reason ``idle_timeout``.
+        limits: what it may hold and how long it waits.
         on_closed: called once, after ``session_end`` is published.
         observer: told of events, latencies and drops (metrics).
     """
@@ -98,14 +132,8 @@ class Session:
         session_id: str,
         config: SessionConfig,
         engine: Engine,
+        limits: SessionLimits,
         *,
-        max_chunk_bytes: int,
-        ring_events: int,
-        ring_bytes: int,
-        queue_size: int,
-        max_lag_s: float,
-        close_timeout_s: float,
-        idle_timeout_s: float,
         on_closed: Callable[[Session], None] = lambda _s: None,
         observer: SessionObserver | None = None,
     ) -> None:
@@ -113,28 +141,31 @@ class Session:
         self.config = config
         self.created_at = time.time()
         self._engine = engine
-        self._max_chunk_bytes = max_chunk_bytes
-        self._close_timeout_s = close_timeout_s
+        self._limits = limits
+        self._bytes_per_s = config.sample_rate * BYTES_PER_SAMPLE
+        self._max_lead_bytes = int(limits.max_audio_lead_s * self._bytes_per_s)
         self._on_closed = on_closed
         self._log = EventLog(
             session_id,
-            ring_events=ring_events,
-            ring_bytes=ring_bytes,
-            queue_size=queue_size,
-            max_lag_s=max_lag_s,
+            ring_events=limits.ring_events,
+            ring_bytes=limits.ring_bytes,
+            queue_size=limits.queue_size,
+            max_lag_s=limits.max_lag_s,
+            max_subscribers=limits.max_subscribers,
             observer=observer,
         )
         self._observer: SessionObserver = observer or NullObserver()
         # (session audio s at the end of a chunk, monotonic s it arrived): latency figures.
         self._arrivals: deque[tuple[float, float]] = deque(maxlen=_ARRIVALS_KEPT)
         self._onset_s: float | None = None  # speech onset awaiting its first interim
-        self._idle_timeout_s = idle_timeout_s
         self._last_activity = time.monotonic()
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []  # idle check, duration warning and end
         self._state: SessionState = "created"
         self._audio_bytes = 0
         self._producer: object | None = None  # the connection holding the audio, if any
         self._finals: list[FinalData] = []
+        self._pending_interim: TokenData | None = None  # the newest interim no final covers
+        self._results_seen = 0  # engine results published: progress, while closing
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
         self._ended = asyncio.Event()  # set once session_end is published
@@ -149,7 +180,15 @@ class Session:
         """
         await self._engine.start()
         self._pump = asyncio.create_task(self._run_pump(), name=f"session-{self.id}-pump")
-        self._arm_idle_timer(self._idle_timeout_s)
+        loop = asyncio.get_running_loop()
+        limits = self._limits
+        self._timers = [
+            loop.call_later(limits.idle_timeout_s, self._idle_check),
+            loop.call_later(
+                max(0.0, limits.max_duration_s - MAX_DURATION_WARNING_S), self._duration_warning
+            ),
+            loop.call_later(limits.max_duration_s, self._begin_close, "max_duration"),
+        ]
 
     @property
     def state(self) -> SessionState:
@@ -170,21 +209,25 @@ class Session:
         """Seconds of audio received so far."""
         return self._audio_bytes / BYTES_PER_SAMPLE / self.config.sample_rate
 
-    async def feed(self, pcm: bytes, producer: object | None = None) -> None:
+    async def feed(self, pcm: bytes, producer: object | None = None, *, wait: bool = True) -> None:
         """Take one chunk of PCM16 audio at the session's sample rate.
 
-        Awaits while the engine is behind (backpressure on the producer).
+        While the engine already holds ``max_audio_lead_s`` of audio it has not recognised,
+        awaits until it catches up (a WebSocket producer is then not read: backpressure), or,
+        with ``wait=False`` (an HTTP POST), refuses the chunk.
 
         Args:
             pcm: the chunk (bytes, a whole number of 2-byte samples).
             producer: the identity of a connection that streams (a WebSocket): its first
                 good chunk makes it the session's producer until :meth:`release_producer`.
                 ``None`` (an HTTP POST) feeds only while no connection holds the audio.
+            wait: whether to wait while the engine is too far behind.
 
         Raises:
             EmptyAudio, OddByteCount, ChunkTooLarge: the chunk cannot be PCM16 audio; nothing
                 of it is used and the session goes on.
             ProducerConflict: another connection holds the session's audio; nothing is used.
+            AudioLeadExceeded: ``wait=False`` and the engine is too far behind; nothing is used.
             SessionClosed: the session is closing or closed.
         """
         self._check_open()
@@ -193,7 +236,18 @@ class Session:
                 f"session {self.id} takes its audio from another connection (one producer "
                 f"per session); this audio is not heard. Send once that connection closes."
             )
-        check_chunk(pcm, self._max_chunk_bytes)
+        check_chunk(pcm, self._limits.max_chunk_bytes)
+        if self._engine.backlog_bytes() >= self._max_lead_bytes:
+            if not wait:
+                behind_s = self._engine.backlog_bytes() / self._bytes_per_s
+                raise AudioLeadExceeded(
+                    f"the engine has {behind_s:.1f} s of this session's audio still to "
+                    f"recognise (the limit is {self._limits.max_audio_lead_s:g} s); send this "
+                    f"chunk again once it catches up",
+                    retry_after_s=max(1.0, behind_s - self._limits.max_audio_lead_s / 2),
+                )
+            await self._engine.wait_backlog_below(self._max_lead_bytes)
+            self._check_open()  # the session may have closed meanwhile
         self._producer = producer
         if self._state == "created":
             self._state = "streaming"
@@ -211,13 +265,23 @@ class Session:
         """Return once ``session_end`` has been published (at once if it has)."""
         await self._ended.wait()
 
-    async def finalize(self) -> None:
+    async def finalize(self, producer: object | None = None) -> None:
         """Finalize the utterance in progress now (a ``final`` follows).
 
+        Args:
+            producer: the asking connection's identity (as for :meth:`feed`): while another
+                connection holds the audio, only it may cut its utterances.
+
         Raises:
+            ProducerConflict: another connection holds the session's audio.
             SessionClosed: the session is closing or closed.
         """
         self._check_open()
+        if self._producer is not None and producer is not self._producer:
+            raise ProducerConflict(
+                f"session {self.id} takes its audio from another connection; only that "
+                f"connection may finalize its utterances"
+            )
         await self._engine.finalize()
 
     async def close(self, reason: str = "client_closed") -> Transcript:
@@ -226,16 +290,17 @@ class Session:
         Every call, concurrent or later, returns the same transcript; the first call's
         ``reason`` is the one published.
         """
+        # Shielded: a client that hangs up mid-close must not cancel the close itself.
+        return await asyncio.shield(self._begin_close(reason))
+
+    def _begin_close(self, reason: str) -> asyncio.Task[Transcript]:
+        """Start closing with ``reason`` unless a close already runs; the closing task."""
         if self._closing is None:
             self._state = "closing"
             self._closing = asyncio.create_task(
                 self._close(reason), name=f"session-{self.id}-close"
             )
-        # Shielded: a client that hangs up mid-close must not cancel the close itself.
-        return await asyncio.shield(self._closing)
-
-    def _arm_idle_timer(self, delay_s: float) -> None:
-        self._idle_timer = asyncio.get_running_loop().call_later(delay_s, self._idle_check)
+        return self._closing
 
     def _idle_check(self) -> None:
         """Fires at the idle deadline; re-arms itself while audio came or someone listens."""
@@ -245,29 +310,47 @@ class Session:
         if self._log.subscriber_count:
             self._last_activity = time.monotonic()
             idle_for = 0.0
-        if idle_for < self._idle_timeout_s:
-            self._arm_idle_timer(self._idle_timeout_s - idle_for)
+        if idle_for < self._limits.idle_timeout_s:
+            self._timers.append(
+                asyncio.get_running_loop().call_later(
+                    self._limits.idle_timeout_s - idle_for, self._idle_check
+                )
+            )
             return
-        self._state = "closing"
-        self._closing = asyncio.create_task(self._close("idle_timeout"))
+        self._begin_close("idle_timeout")
+
+    def _duration_warning(self) -> None:
+        if self._closing is None:
+            left = min(MAX_DURATION_WARNING_S, self._limits.max_duration_s)
+            self._publish_error(
+                ErrorData(
+                    code="max_duration_soon",
+                    message=f"this session reaches its longest duration "
+                    f"({self._limits.max_duration_s:g} s) in {left:g} s and then ends "
+                    f"(session_end reason max_duration); start a new session to go on",
+                )
+            )
 
     async def _close(self, reason: str) -> Transcript:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in self._timers:
+            timer.cancel()
         pump = self._pump
-        if pump is not None:
-            try:
-                async with asyncio.timeout(self._close_timeout_s):
-                    if not pump.done():
-                        await self._engine.close()
-                    await asyncio.shield(pump)
-            except TimeoutError:
+        if pump is not None and not pump.done():
+            await self._engine.close()
+            if not await self._flushed(pump):
                 pump.cancel()
+                salvaged = self._salvage_interim()
                 self._publish_error(
                     ErrorData(
                         code="engine_timeout",
-                        message=f"the engine did not flush its last results within "
-                        f"{self._close_timeout_s:g} s; they are lost",
+                        message=f"the engine made no progress on its last results for "
+                        f"{self._limits.close_timeout_s:g} s (or took over "
+                        f"{self._limits.close_max_wait_s:g} s); "
+                        + (
+                            "its last interim stands as the final"
+                            if salvaged
+                            else "no words were pending"
+                        ),
                     )
                 )
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
@@ -284,6 +367,43 @@ class Session:
         self._on_closed(self)
         return self.transcript()
 
+    async def _flushed(self, pump: asyncio.Task[None]) -> bool:
+        """Wait for the pump to end after ``engine.close()``: as long as the engine makes
+        progress (a result, or audio recognised) within each ``close_timeout_s``, and at most
+        ``close_max_wait_s`` in all. Whether it ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._limits.close_max_wait_s
+        while (remaining := deadline - loop.time()) > 0:
+            mark = (self._results_seen, self._engine.backlog_bytes())
+            done, _ = await asyncio.wait(
+                {pump}, timeout=min(self._limits.close_timeout_s, remaining)
+            )
+            if done:
+                return True
+            if (self._results_seen, self._engine.backlog_bytes()) == mark:
+                return False  # alive or not, it did nothing for a whole close_timeout_s
+        return False
+
+    def _salvage_interim(self) -> bool:
+        """Publish the newest interim no final covers as a ``final`` marked ``source:
+        "interim"``: what the engine heard is kept when it cannot finish. Whether there was
+        one."""
+        interim, self._pending_interim = self._pending_interim, None
+        if interim is None or not interim.text:
+            return False
+        final = FinalData(
+            text=interim.text,
+            confidence=interim.confidence,
+            start=interim.start,
+            end=interim.end,
+            words=[],
+            speech_final=False,
+            source="interim",
+        )
+        self._finals.append(final)
+        self._log.publish(final)
+        return True
+
     async def _run_pump(self) -> None:
         try:
             async for result in self._engine.results():
@@ -295,18 +415,24 @@ class Session:
             self._fail("engine_error", f"the speech engine failed: {type(exc).__name__}")
 
     def _fail(self, code: str, message: str) -> None:
-        """The engine failed for good: publish why, then end the session with that code."""
+        """The engine failed for good: keep what it heard, publish why, then end the session
+        with that code."""
+        self._salvage_interim()
         self._publish_error(ErrorData(code=code, message=message))
-        if self._closing is None:
-            self._state = "closing"
-            self._closing = asyncio.create_task(self._close(code))
+        self._begin_close(code)
 
     def _publish_result(self, result: EngineResult) -> None:
         if isinstance(result, ErrorData):
             self._publish_error(result)
             return
+        self._results_seen += 1
         if isinstance(result, FinalData):
             self._finals.append(result)
+            pending = self._pending_interim
+            if pending is not None and result.end >= pending.start:
+                self._pending_interim = None  # this final covers that interim's utterance
+        elif type(result) is TokenData:
+            self._pending_interim = result
         self._log.publish(result)
         self._measure(result)
 
@@ -358,7 +484,9 @@ class Session:
             session_id=self.id,
             text=" ".join(f.text for f in self._finals),
             segments=[
-                Segment(text=f.text, start=f.start, end=f.end, confidence=f.confidence)
+                Segment(
+                    text=f.text, start=f.start, end=f.end, confidence=f.confidence, source=f.source
+                )
                 for f in self._finals
             ],
         )
@@ -377,4 +505,5 @@ class Session:
             config=self.config,
             request_id=self._engine.upstream_id(),
             final_lag_ms=round(self._engine.final_lag_s() * 1000, 1),
+            engine_backlog_s=round(self._engine.backlog_bytes() / self._bytes_per_s, 3),
         )

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     default_engine: EngineName = Field(
         "local", description="engine of sessions whose config names none"
     )
+    fallback_engine: EngineName = Field(
+        "whisper",
+        description="embedded engine a deepgram session goes on with when the upstream gives "
+        "up, where it serves the session's language (else the session ends); none: never",
+    )
     max_sessions: int = Field(200, ge=1, description="live (not yet closed) sessions at once")
     max_chunk_bytes: int = Field(
         512 * 1024, ge=2, description="largest audio chunk (one POST or WS frame), bytes"
@@ -104,7 +109,38 @@ class Settings(BaseSettings):
         300.0, ge=0, description="how long a closed session stays readable before removal"
     )
     close_timeout_s: float = Field(
-        10.0, gt=0, description="longest wait for an engine to flush its last finals on close"
+        10.0,
+        gt=0,
+        description="on close, the longest an engine may go without progress (a result, or "
+        "audio recognised) before its last results are given up and its last interim stands "
+        "as the final",
+    )
+    close_max_wait_s: float = Field(
+        120.0,
+        gt=0,
+        description="on close, the longest wait for an engine's last results even while it "
+        "progresses",
+    )
+    max_audio_lead_s: float = Field(
+        10.0,
+        gt=0,
+        description="audio (s) a session's engine may hold not yet recognised; past it a "
+        "WebSocket producer is not read until the engine catches up and POST audio gets 429",
+    )
+    max_subscribers: int = Field(
+        1_000, ge=1, description="subscribers (SSE and WebSocket) per session at once"
+    )
+    max_session_s: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="a session ends (session_end reason max_duration) this long after its "
+        "creation, after an error max_duration_soon a minute before",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection that has not sent a whole request this long after it "
+        "opened, or after its previous request, is closed (slow clients, slowloris)",
     )
 
     whisper_model: str | None = Field(
@@ -125,6 +161,13 @@ class Settings(BaseSettings):
         ge=1,
         description="engine 'whisper': ended utterances that may wait for a Whisper worker; "
         "past that an utterance gets the streaming engine's final (saturation)",
+    )
+    whisper_pass_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="engine 'whisper': an utterance whose Whisper final is not ready this "
+        "long after it ended gets the streaming engine's final instead (a starved or "
+        "saturated pool makes finals late, never lost)",
     )
     whisper_early_pass_ms: int = Field(
         200,
@@ -215,6 +258,13 @@ class Settings(BaseSettings):
     @classmethod
     def _hosts(cls, value: object) -> object:
         return [h.lower() for h in _split(value)]
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body (bytes): above the audio chunk limit, so an oversized
+        chunk gets our 413 with a message rather than aiohttp's bare one (base64 in JSON is
+        4/3 of the bytes, plus room for the JSON around it)."""
+        return self.max_chunk_bytes * 4 // 3 + 64 * 1024
 
     @property
     def loopback_bound(self) -> bool:

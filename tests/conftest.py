@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+import gc
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -38,6 +39,14 @@ class Gateway:
 def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: no ``.env`` from the developer's directory."""
     return Settings(_env_file=None, **overrides)
+
+
+@pytest.fixture(autouse=True)
+def collect_leaks() -> Iterator[None]:
+    """Collect garbage when each test ends: a socket it leaked warns (and fails) in that
+    test's teardown, not in whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ class Received:
 
 async def sse_messages(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+) -> AsyncGenerator[tuple[str | None, dict[str, Any]], None]:
     """Parse a text/event-stream into (id, JSON data) pairs, per the WHATWG SSE format."""
     async with http.get(url, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
@@ -70,14 +71,17 @@ async def follow_sse(
     """Collect SSE events until ``session_end``; ``id:`` must equal each event's seq."""
     if connected is not None:
         connected.set()
-    async for event_id, event in sse_messages(http, url):
-        if "seq" in event:
-            assert event_id == str(event["seq"])
-        else:
-            assert event_id is None
-        into.add(event)
-        if event["event_type"] == "session_end":
-            return
+    # aclosing: leaving at session_end closes the response now, not when the generator is
+    # collected (an unclosed connection warns in whichever test the collector runs).
+    async with contextlib.aclosing(sse_messages(http, url)) as messages:
+        async for event_id, event in messages:
+            if "seq" in event:
+                assert event_id == str(event["seq"])
+            else:
+                assert event_id is None
+            into.add(event)
+            if event["event_type"] == "session_end":
+                return
 
 
 async def follow_ws(ws: aiohttp.ClientWebSocketResponse, into: Received) -> None:
@@ -127,6 +131,23 @@ async def transcribe_ws(
     await ws.send_json({"type": "close"})
     await asyncio.wait_for(reader, 120)
     return received
+
+
+async def wait_for_info(
+    http: aiohttp.ClientSession,
+    base: str,
+    session_id: str,
+    ready: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 30,
+) -> dict[str, Any]:
+    """Poll ``GET /sessions/{id}`` (as a client would) until ``ready(info)``; that info."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            async with http.get(f"{base}/sessions/{session_id}") as resp:
+                info: dict[str, Any] = await resp.json()
+            if ready(info):
+                return info
+            await asyncio.sleep(0.01)
 
 
 async def wait_for_audio(

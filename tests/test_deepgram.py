@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.audio_files import Clip, clip, clips, wer
+from tests.audio_files import Clip, clip, clips, spoken_wer, wer
 from tests.conftest import Gateway, ServerFactory, StartGateway
 from tests.fakes.deepgram import FakeDeepgram, Fault
 from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames
@@ -393,3 +394,65 @@ async def test_deepgram_holds_more_upstream_streams_than_aiohttps_default_pool(
     for s in sessions:
         async with http.delete(f"{gw.base}/sessions/{s['session_id']}") as resp:
             assert resp.status == 200
+
+
+async def test_deepgram_refusing_every_reconnect_hands_the_session_to_whisper(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg(deepgram_reconnect_attempts=2)
+    second = 32_000
+    first, then = clip("librivox-sns-0930"), clip("librivox-sns-0880")
+    # Two utterances, a second apart; quiet noise first, so the fake places this stream in
+    # this clip and no other (it matches the first 100 ms).
+    noise = (np.random.default_rng(7).normal(0, 20, 8_000).astype("<i2")).tobytes()
+    pcm = noise + first.pcm + bytes(second) + then.pcm + bytes(second)
+    fake.add_clip(pcm, f"{first.reference} {then.reference}")
+    switch_at_s = (len(noise) + len(first.pcm) + 1.5 * second) / second  # into `then`
+    fake.faults.extend(
+        [Fault(drop_after_bytes=int(switch_at_s * second)), Fault(reject=503), Fault(reject=503)]
+    )
+    session = await create_session(http, gw.base, DG | {"language": "en-US"})
+    assert session["config"]["fallback_engine"] == "whisper"
+    events = Received()
+    reader = asyncio.create_task(follow_sse(http, session["stream_url"], events))
+    await stream_ws(http, session["ws_url"], Clip("both", pcm, 16_000, ""), pace=4.0)
+    async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
+        transcript = (await resp.json())["transcript"]
+    await asyncio.wait_for(reader, 60)
+
+    codes = [e["data"]["code"] for e in events.of_type("error")]
+    assert codes[:2] == ["upstream_closed", "upstream_reconnecting"]
+    assert codes[-1] == "engine_fallback"
+    assert "upstream_error" not in codes
+    switch = next(
+        i for i, e in enumerate(events.logged) if e["data"].get("code") == "engine_fallback"
+    )
+    before = [e["data"] for e in events.logged[:switch] if e["event_type"] == "final"]
+    after = [e["data"] for e in events.logged[switch:] if e["event_type"] == "final"]
+    print(f"\nDeepgram (fake) before the switch: {[f['text'] for f in before]}")
+    print(f"whisper after it: {[f['text'] for f in after]}")
+    # The fake's words (the reference of the first utterance) before; whisper's of the
+    # second after, later in session time; all of it in the transcript.
+    assert same_words(" ".join(f["text"] for f in before), first.reference)
+    assert after
+    assert after[0]["start"] >= before[-1]["end"]
+    assert spoken_wer(then.reference, " ".join(f["text"] for f in after)) <= 0.25
+    assert transcript == " ".join(f["text"] for f in before + after)
+    assert events.logged[-1]["data"]["reason"] == "client_closed"
+
+
+async def test_deepgram_session_in_a_language_no_embedded_engine_has_gets_no_fallback(
+    start_dg: StartDG, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_dg()
+    session = await create_session(http, gw.base, DG)  # Korean: tiny.en cannot take over
+    assert session["config"]["fallback_engine"] == "none"
+    async with http.post(
+        f"{gw.base}/sessions", json={"config": DG | {"fallback_engine": "whisper"}}
+    ) as resp:
+        assert resp.status == 422
+        assert "fallback_engine" in (await resp.json())["error"]["message"]
+    async with http.post(
+        f"{gw.base}/sessions", json={"config": {"fallback_engine": "whisper"}}
+    ) as resp:
+        assert resp.status == 422  # an embedded engine does not fall back

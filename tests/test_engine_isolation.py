@@ -17,7 +17,7 @@ from stt_gateway.transports.common import WORKERS
 from tests.audio_files import clip
 from tests.conftest import ServerFactory, StartGateway, direct_finals, make_settings
 from tests.fakes.echo import EchoProvider
-from tests.gateway_client import Received, create_session, follow_ws
+from tests.gateway_client import Received, create_session, follow_ws, frames
 
 SPEECH = clip("librivox-sns-0880")
 
@@ -26,7 +26,8 @@ async def test_a_slow_session_does_not_delay_another(
     aiohttp_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     app = create_app(
-        make_settings(engine_processes=2), providers=lambda w: {"local": EchoProvider(w)}
+        make_settings(engine_processes=2, default_engine="echo"),
+        providers=lambda w: {"echo": EchoProvider(w)},
     )
     server: TestServer = await aiohttp_server(app)
     base = str(server.make_url("")).rstrip("/")
@@ -49,8 +50,9 @@ async def test_a_slow_session_does_not_delay_another(
     for ws in (slow_ws, fast_ws):
         await ws.send_json({"type": "close"})
     await asyncio.wait_for(asyncio.gather(*readers), 10)
+    # How soon is bench/'s question (a timed bound fails on a busy box); this test asks
+    # whether the fast session was served while the slow one still had work queued.
     print(f"\nfast session's token {fast_latency * 1000:.0f} ms after its audio")
-    assert fast_latency < 0.2
     assert slow_got.of_type("final")[-1]["data"]["text"] == f"{5 * 640} bytes"
     # The slow stream was still working through its audio when the fast one answered.
     last_slow_token = slow_got.events.index(slow_got.of_type("token")[-1])
@@ -66,12 +68,23 @@ async def test_a_dead_engine_worker_ends_its_sessions_cleanly_and_new_ones_work(
     ws = await http.ws_connect(doomed["ws_url"])
     got = Received()
     reader = asyncio.create_task(follow_ws(ws, got))
+    # The stream's recogniser is built in the worker at its first audio: wait for it to be
+    # in use (speech recognised), then kill the worker under it.
+    for frame in frames(SPEECH.pcm[:64000], 16_000):
+        await ws.send_bytes(frame)
+    async with asyncio.timeout(30):
+        while not got.of_type("token"):  # noqa: ASYNC110 - follow_ws fills `got` as it reads
+            await asyncio.sleep(0.01)
     (pid,) = gw.app[WORKERS].pids
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    await ws.send_bytes(SPEECH.pcm[:32000])
+    await ws.send_bytes(SPEECH.pcm[64000:96000])
     await asyncio.wait_for(reader, 10)
     assert [e["event_type"] for e in got.events][-2:] == ["error", "session_end"]
+    # What the engine had heard is kept: its last interim stands as a final.
+    salvaged = got.of_type("final")[-1]["data"]
+    assert salvaged["source"] == "interim"
+    assert salvaged["text"] == got.of_type("token")[-1]["data"]["text"]
     assert got.of_type("error")[0]["data"]["code"] == "engine_error"
     assert "worker" in got.of_type("error")[0]["data"]["message"]
     assert got.of_type("session_end")[0]["data"]["reason"] == "engine_error"

@@ -70,7 +70,7 @@ async def test_metrics_count_what_a_streamed_file_produced(
         f"\nTTFT mean {ttft * 1000:.0f} ms over {utterances_with_interims} utterance(s); "
         f"audio in -> result published mean {added * 1000:.0f} ms"
     )
-    assert 0 < ttft < 5
+    assert ttft > 0  # how small: bench/engine.py
     async with http.get(f"{gateway.base}/sessions/{sid}"):
         pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,7 @@ async def test_session_moves_created_streaming_closed_and_delete_is_idempotent(
     sid = created["session_id"]
     assert created["config"] == {
         "engine": "local",
+        "fallback_engine": None,  # an embedded engine does not fall back
         "language": "en-US",
         "model": "pocketsphinx-en-us",
         "interim_results": False,
@@ -128,10 +130,11 @@ async def test_idle_sse_stream_gets_heartbeats_without_seq(
     gw = await start_gateway(heartbeat_s=0.1)
     session = await create_session(http, gw.base)
     beats: list[tuple[str | None, dict[str, Any]]] = []
-    async for event_id, event in sse_messages(http, session["stream_url"]):
-        beats.append((event_id, event))
-        if len(beats) == 3:
-            break
+    async with contextlib.aclosing(sse_messages(http, session["stream_url"])) as messages:
+        async for event_id, event in messages:
+            beats.append((event_id, event))
+            if len(beats) == 3:
+                break
     assert [i for i, _ in beats] == [None] * 3
     assert {e["event_type"] for _, e in beats} == {"heartbeat"}
     assert all("seq" not in e and e["data"] == {"status": "alive"} for _, e in beats)

@@ -21,7 +21,7 @@ import pytest
 from stt_gateway.engines import whisper
 from stt_gateway.transports.common import REGISTRY
 from tests.audio_files import clip, clips, spoken_wer
-from tests.conftest import StartGateway, direct_whisper_finals
+from tests.conftest import StartGateway, direct_finals, direct_whisper_finals
 from tests.gateway_client import Received, create_session, follow_ws, frames
 from tests.test_metrics import scrape
 
@@ -215,7 +215,11 @@ def multilingual_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_a_multilingual_model_takes_the_session_language_korean_included(
     multilingual_model: Path, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_gateway(whisper_model=str(multilingual_model), whisper_processes=1)
+    # Passes of the base model on one worker may queue long here: finals wait for them
+    # (this test is about the language reaching Whisper, not about a pool under pressure).
+    gw = await start_gateway(
+        whisper_model=str(multilingual_model), whisper_processes=1, whisper_pass_timeout_s=300
+    )
     async with http.get(f"{gw.base}/info") as resp:
         engine = (await resp.json())["engines"]["whisper"]
     assert engine["available"] is True
@@ -245,6 +249,7 @@ async def test_a_multilingual_model_takes_the_session_language_korean_included(
     loose = await start_gateway(
         whisper_model=str(multilingual_model),
         whisper_processes=1,
+        whisper_pass_timeout_s=300,
         whisper_max_compression_ratio=1000.0,
         whisper_min_avg_logprob=-1000.0,
     )
@@ -310,3 +315,31 @@ async def test_a_killed_whisper_worker_costs_one_whisper_final_and_is_replaced(
     expected = direct_whisper_finals(c, whisper_early_pass_ms=0)
     assert again.finals_text() == " ".join(f.text for f in expected)
     assert passes.stats.done == 1
+
+
+async def test_starved_whisper_workers_make_finals_late_never_lost(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    # The Whisper worker gets no CPU at all (stopped): each utterance waits its time limit,
+    # then gets the streaming engine's final; the close loses nothing.
+    gw = await start_gateway(
+        whisper_processes=1, whisper_pass_timeout_s=1.0, whisper_early_pass_ms=0
+    )
+    provider = gw.app[REGISTRY].providers["whisper"]
+    assert isinstance(provider, whisper.WhisperEngineProvider)
+    passes = provider.passes
+    assert passes is not None
+    c = clip("librivox-sns-0920")
+    session = await create_session(http, gw.base, WHISPER)  # starts the pool
+    pid = passes.pids[0]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        got = await stream_to(http, session, c.pcm + bytes(32_000))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert got.of_type("error") == []
+    assert got.finals_text() == " ".join(f.text for f in direct_finals(c))
+    metrics = await scrape(http, gw.base)
+    late = metrics['stt_second_pass_jobs_ended_total{engine="whisper",outcome="late"}']
+    assert late == len(got.of_type("final"))

@@ -36,8 +36,8 @@ class Engine(ABC):
 
     @abstractmethod
     async def feed(self, pcm: bytes) -> None:
-        """Queue PCM16 audio (whole samples, session rate). Awaits while the engine is behind:
-        that wait is the backpressure a producer feels."""
+        """Queue PCM16 audio (whole samples, session rate). The session bounds how much may
+        wait (see :meth:`backlog_bytes`); an engine may also await here (a network send)."""
 
     @abstractmethod
     async def finalize(self) -> None:
@@ -55,6 +55,14 @@ class Engine(ABC):
             EngineError: the stream failed for good; the session ends with its ``code``.
         """
 
+    def backlog_bytes(self) -> int:
+        """Audio taken by :meth:`feed` and not yet recognised, in bytes (0: none waits here)."""
+        return 0
+
+    async def wait_backlog_below(self, max_bytes: int) -> None:  # noqa: B027 - no-op default
+        """Return once :meth:`backlog_bytes` is below ``max_bytes`` (at once if it is): the
+        wait a producer that is too far ahead of its engine feels."""
+
     def upstream_id(self) -> str | None:
         """The upstream service's id for this stream (e.g. Deepgram's ``request_id``)."""
         return None
@@ -67,6 +75,10 @@ class Engine(ABC):
 
 class EngineProvider(ABC):
     """Factory and description of one engine kind (``local``, ``deepgram``, …)."""
+
+    falls_back = False
+    """Whether its engines can hand a session to an embedded engine when they give up (an
+    upstream service's; their engines are then :class:`~.fallback.Resumable`)."""
 
     name: str
     """The ``engine`` value in a session config."""

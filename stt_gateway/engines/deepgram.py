@@ -294,6 +294,12 @@ class DeepgramEngine(Engine):
     def upstream_id(self) -> str | None:
         return self.request_id
 
+    def unsettled_audio(self) -> tuple[float, bytes]:
+        """(session time in s where it begins, the audio no final covers yet): what a
+        fallback engine must hear to go on from here (older audio past the replay cap is
+        lost, as for a reconnect)."""
+        return self._ring_start / self._bytes_per_s, bytes(self._ring)
+
     async def results(self) -> AsyncIterator[EngineResult]:
         try:
             while True:
@@ -543,6 +549,7 @@ class DeepgramProvider(EngineProvider):
     """
 
     name = "deepgram"
+    falls_back = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -88,6 +88,16 @@ class DecoderPool:
                 return self._idle.pop()
         return Decoder()
 
+    def fill(self, count: int) -> None:
+        """Build decoders until ``count`` are idle (blocking: a worker's warm-up job)."""
+        while True:
+            with self._lock:
+                if len(self._idle) >= min(count, self._max_idle):
+                    return
+            decoder = Decoder()
+            with self._lock:
+                self._idle.append(decoder)
+
     def release(self, decoder: Decoder) -> None:
         """Return a decoder that is not inside an utterance."""
         decoder.reinit_feat()
@@ -329,6 +339,16 @@ def local_decoders() -> DecoderPool:
     return _PROCESS_DECODERS
 
 
+WARM_DECODERS = 1
+"""Decoders each engine worker builds at start: a stream opens at its first audio, and a
+decoder built then (~0.26 s) would delay that stream's first interim."""
+
+
+def warm_decoders() -> None:
+    """A worker's warm-up job (picklable): :data:`WARM_DECODERS` idle decoders."""
+    _PROCESS_DECODERS.fill(WARM_DECODERS)
+
+
 @dataclass(frozen=True)
 class LocalRecognizerSpec:
     """What a worker process needs to build a :class:`LocalRecognizer` (picklable)."""
@@ -385,6 +405,10 @@ class LocalEngineProvider(EngineProvider):
                 "endpointing_ms": config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
             }
         )
+
+    def prepare(self) -> None:
+        """Build idle decoders in every engine worker (in the background)."""
+        self._workers.warm(warm_decoders)
 
     def create(self, config: SessionConfig) -> Engine:
         return PooledEngine(self.spec(config), self._workers)

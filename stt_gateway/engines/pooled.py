@@ -3,8 +3,8 @@
 The recogniser is a plain object (:class:`Recognizer`): bytes in, results out, no asyncio. It
 is described by a picklable :class:`RecognizerSpec` and built inside a worker (see
 :mod:`stt_gateway.engines.workers`). :class:`PooledEngine` pumps it: audio and commands go
-through one bounded inbox, and audio already queued is sent to the worker as one batch, so a
-stream that fell behind catches up in few round trips.
+through one inbox, and audio already queued is sent to the worker as one batch, so a stream
+that fell behind catches up in few round trips.
 
 A recogniser may hand back an utterance's audio at its endpoint (:class:`UtteranceAudio`) for
 a second, slower pass run elsewhere (engine ``whisper``); :class:`PooledEngine` alone publishes
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -97,38 +98,79 @@ class _Command(enum.Enum):
 class PooledEngine(Engine):
     """An :class:`Engine` whose recogniser, built from ``spec``, runs in ``pool``.
 
+    The recogniser is built at the first audio, not at :meth:`start`: a session that never
+    streams holds no decoder (~90 MB for pocketsphinx), so memory follows streams, not created
+    sessions. Audio and commands wait in one inbox; audio already queued goes to the worker as
+    one batch, so a stream that fell behind catches up in few round trips. The inbox has no
+    bound of its own: the session holds its producer back by :meth:`backlog_bytes`.
+
     Args:
         spec: what to build in the worker.
         pool: the engine worker processes.
-        inbox_chunks: most audio chunks queued before :meth:`feed` waits (backpressure).
         batch_bytes: most queued audio sent to the worker in one job.
     """
 
     def __init__(
-        self,
-        spec: RecognizerSpec,
-        pool: WorkerPool,
-        *,
-        inbox_chunks: int = 256,
-        batch_bytes: int = 64_000,
+        self, spec: RecognizerSpec, pool: WorkerPool, *, batch_bytes: int = 64_000
     ) -> None:
         self._spec = spec
         self._pool = pool
         self._batch_bytes = batch_bytes
-        self._inbox: asyncio.Queue[bytes | _Command] = asyncio.Queue(maxsize=inbox_chunks)
-        self._stream: WorkerStream | None = None
+        self._inbox: deque[bytes | _Command] = deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None  # the pump, waiting for work
+        self._queued_bytes = 0  # audio in the inbox
+        self._working_bytes = 0  # audio in the batch the worker is recognising
+        self._room_waiters: list[asyncio.Future[None]] = []  # producers held back
+        self._ended = False
 
     async def start(self) -> None:
-        self._stream = await self._pool.open(self._spec)
+        """Wait for the workers' warm-up (at once after it); the recogniser itself is built
+        in a worker at the first audio."""
+        await self._pool.ready()
 
     async def feed(self, pcm: bytes) -> None:
-        await self._inbox.put(pcm)
+        self._queued_bytes += len(pcm)
+        self._put(pcm)
 
     async def finalize(self) -> None:
-        await self._inbox.put(_Command.FINALIZE)
+        self._put(_Command.FINALIZE)
 
     async def close(self) -> None:
-        await self._inbox.put(_Command.CLOSE)
+        self._put(_Command.CLOSE)
+
+    def backlog_bytes(self) -> int:
+        return 0 if self._ended else self._queued_bytes + self._working_bytes
+
+    async def wait_backlog_below(self, max_bytes: int) -> None:
+        while self.backlog_bytes() >= max_bytes:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+
+    def _put(self, item: bytes | _Command) -> None:
+        self._inbox.append(item)
+        if self._inbox_waiter is not None and not self._inbox_waiter.done():
+            self._inbox_waiter.set_result(None)
+
+    async def _next(self) -> bytes | _Command:
+        while not self._inbox:
+            self._inbox_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._inbox_waiter
+            finally:
+                self._inbox_waiter = None
+        return self._inbox.popleft()
+
+    def _wake_producers(self) -> None:
+        """The backlog shrank (a batch was recognised) or the stream ended: waiters re-check."""
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def results(self) -> AsyncIterator[EngineResult]:
         async for output in self.outputs():
@@ -144,37 +186,44 @@ class PooledEngine(Engine):
         """What the recogniser produces, in order (see :meth:`results`), until closed.
 
         Raises:
-            EngineError: the worker failed.
+            EngineError: the recogniser could not be built, or the worker failed.
         """
-        stream = self._stream
-        if stream is None:
-            raise RuntimeError("results() before start()")
-        pending: bytes | _Command | None = None
+        stream: WorkerStream | None = None
+        inbox = self._inbox
         try:
             while True:
-                item = pending if pending is not None else await self._inbox.get()
-                pending = None
+                item = await self._next()
                 if isinstance(item, bytes):
                     batch = [item]
                     size = len(item)
-                    while size < self._batch_bytes and not self._inbox.empty():
-                        nxt = self._inbox.get_nowait()
-                        if not isinstance(nxt, bytes):
-                            pending = nxt
-                            break
+                    while size < self._batch_bytes and inbox and isinstance(inbox[0], bytes):
+                        nxt = inbox.popleft()
+                        assert isinstance(nxt, bytes)
                         batch.append(nxt)
                         size += len(nxt)
+                    self._queued_bytes -= size
+                    self._working_bytes = size
+                    if stream is None:
+                        stream = await self._pool.open(self._spec)
                     results = await stream.process(batch[0] if len(batch) == 1 else b"".join(batch))
+                    self._working_bytes = 0
+                    self._wake_producers()
                 elif item is _Command.FINALIZE:
+                    if stream is None:
+                        continue  # no audio yet: nothing to finalize
                     results = await stream.finalize()
                 else:
-                    for result in await stream.close():
-                        yield result
+                    if stream is not None:
+                        for result in await stream.close():
+                            yield result
                     return
                 for result in _newest_interims(results):
                     yield result
         finally:
-            stream.discard()  # no-op after a clean close
+            self._ended = True
+            self._wake_producers()
+            if stream is not None:
+                stream.discard()  # no-op after a clean close
 
 
 def _newest_interims(results: list[RecognizerOutput]) -> list[RecognizerOutput]:

@@ -51,6 +51,8 @@ class SecondPassStats:
     done: int = 0
     refused: int = 0
     failed: int = 0
+    late: int = 0
+    """Jobs whose result came too late to be used (the caller gave up waiting)."""
     wait_sum_s: float = 0.0
     wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS_S) + 1))
 

@@ -49,7 +49,7 @@ from ..events import EngineResult, FinalData, SpeechEndData, Word
 from ..models import SessionConfig
 from ..settings import Settings
 from .base import Engine, EngineProvider
-from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, local_decoders
+from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, local_decoders, warm_decoders
 from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
 from .second_pass import SecondPassPool, SecondPassStats
 from .workers import WorkerPool
@@ -278,9 +278,7 @@ class WhisperRecognizerSpec:
         )
 
 
-def finals_in_process(
-    outputs: Iterable[RecognizerOutput], whisper: WhisperPass
-) -> list[FinalData]:
+def finals_in_process(outputs: Iterable[RecognizerOutput], whisper: WhisperPass) -> list[FinalData]:
     """The finals a ``whisper`` stream publishes for a first pass's ``outputs``, with every
     pass run here in turn (as on an idle pool: each early pass taken). For benchmarks and
     tests that compare the gateway with the engine alone."""
@@ -313,6 +311,8 @@ class WhisperEngine(PooledEngine):
         whisper: the pass each ended utterance gets.
         passes: where Whisper passes run; when it refuses (saturated), pocketsphinx's final
             is published instead.
+        pass_timeout_s: an utterance whose Whisper final is not ready this long (s) after
+            it ended gets pocketsphinx's final instead.
     """
 
     def __init__(
@@ -321,10 +321,12 @@ class WhisperEngine(PooledEngine):
         workers: WorkerPool,
         whisper: WhisperPass,
         passes: SecondPassPool,
+        pass_timeout_s: float,
     ) -> None:
         super().__init__(spec, workers)
         self._whisper = whisper
         self._passes = passes
+        self._pass_timeout_s = pass_timeout_s
         self._in_flight: deque[float] = deque()  # monotonic time each pending utterance ended
 
     def final_lag_s(self) -> float:
@@ -383,7 +385,8 @@ class WhisperEngine(PooledEngine):
                 job, utterance = await ended.get()
                 if utterance is _END_OF_STREAM:
                     break
-                final = await self._final_of(job, utterance)
+                deadline = self._in_flight[0] + self._pass_timeout_s  # from its end
+                final = await self._final_of(job, utterance, deadline)
                 self._in_flight.popleft()
                 if final is not None:
                     await merged.put(final)
@@ -412,19 +415,34 @@ class WhisperEngine(PooledEngine):
                     job.cancel()
 
     async def _final_of(
-        self, job: asyncio.Future[FinalData | None] | None, utterance: UtteranceAudio
+        self,
+        job: asyncio.Future[FinalData | None] | None,
+        utterance: UtteranceAudio,
+        deadline: float,
     ) -> FinalData | None:
-        """Whisper's final for ``utterance``; pocketsphinx's when Whisper could not run."""
+        """Whisper's final for ``utterance``; pocketsphinx's when Whisper could not run, or
+        not by ``deadline`` (monotonic s)."""
         if job is None:
             return utterance.fallback
         try:
-            final = await job
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                final = await job
+        except TimeoutError:
+            job.cancel()  # dropped if still queued; a running pass finishes unused
+            self._passes.stats.late += 1
+            return utterance.fallback
         except EngineError as exc:
             log.warning("Whisper pass failed, publishing the first pass's final: %s", exc)
             return utterance.fallback
         if final is not None and final.speech_final != utterance.speech_final:
             final = final.model_copy(update={"speech_final": utterance.speech_final})  # early
         return final
+
+
+def _loop_time(monotonic_s: float) -> float:
+    """``time.monotonic()`` instant → the running loop's clock (they may differ)."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + monotonic_s - time.monotonic()
 
 
 def _normalise_phrase(phrase: str) -> str:
@@ -475,6 +493,7 @@ class WhisperEngineProvider(EngineProvider):
         return self._error
 
     def prepare(self) -> None:
+        self._workers.warm(warm_decoders)  # the first pass is pocketsphinx's
         if self._passes is not None:
             self._passes.start()
 
@@ -528,7 +547,13 @@ class WhisperEngineProvider(EngineProvider):
             early_pass_ms=self._settings.whisper_early_pass_ms,
         )
         self._passes.start()  # loads the model in each worker while the first utterance runs
-        return WhisperEngine(spec, self._workers, self.whisper_pass(language), self._passes)
+        return WhisperEngine(
+            spec,
+            self._workers,
+            self.whisper_pass(language),
+            self._passes,
+            self._settings.whisper_pass_timeout_s,
+        )
 
     def whisper_pass(self, language: str) -> WhisperPass:
         """The Whisper pass for a session in ``language`` (a Whisper code: ``en``, ``ko``)

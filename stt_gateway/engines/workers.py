@@ -185,6 +185,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._warming: list[asyncio.Future[None]] = []
 
     def start(self) -> None:
         """Spawn the worker processes (they import the engines while the gateway goes on)."""
@@ -230,6 +231,25 @@ class WorkerPool:
         self.start()
         result: T = await self._live(index).call(0, Op.RUN, job)
         return result
+
+    def warm(self, job: Callable[[], object]) -> None:
+        """Run ``job`` (picklable) once in every worker, in the background (a warm-up: its
+        failure is logged, never raised). Needs a running event loop."""
+        self.start()
+
+        async def run(index: int) -> None:
+            try:
+                await self.run(index, job)
+            except Exception:
+                log.exception("engine worker %d failed to warm up", index)
+
+        self._warming += [asyncio.ensure_future(run(index)) for index in range(self._size)]
+
+    async def ready(self) -> None:
+        """Return once the warm-up jobs given to :meth:`warm` have run (at once if none wait)."""
+        if self._warming:
+            await asyncio.gather(*self._warming)
+            self._warming = []
 
     def _live(self, index: int) -> _Worker:
         """Worker ``index``, replaced by a new process first if it died."""

@@ -63,7 +63,8 @@ async def post_audio(request: web.Request) -> web.Response:
     """``POST /sessions/{id}/audio``: one PCM16 chunk, JSON base64 or raw octet-stream → 202.
 
     Errors: 400 bad base64 / odd byte count / empty chunk / bad body, 404 unknown session,
-    409 closed session, 413 oversized chunk, 415 other content types.
+    409 closed session or another connection producing, 413 oversized chunk, 415 other
+    content types, 429 the engine is ``max_audio_lead_s`` behind (with ``Retry-After``).
     """
     session = session_of(request)
     limit = request.app[SETTINGS].max_chunk_bytes
@@ -91,7 +92,7 @@ async def post_audio(request: web.Request) -> web.Response:
         pcm = decode_base64(body.audio_data)
     else:
         pcm = raw
-    await session.feed(pcm)
+    await session.feed(pcm, wait=False)  # 429 rather than hold a request while the engine lags
     return model_response(
         AudioAccepted(bytes=len(pcm), audio_ms=duration_ms(len(pcm), session.config.sample_rate)),
         status=202,

@@ -34,10 +34,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # Nothing left after the client's last event: 204 tells EventSource to stop
         # reconnecting (WHATWG HTML, server-sent events §9.2.3).
         return web.Response(status=204)
+    sub = session.subscribe(since)  # before the answer starts: 503 too_many_subscribers
     resp = EventSourceResponse(send_timeout=settings.subscriber_stall_s)
     bound_send_buffer(request, settings.subscriber_send_buffer)
-    await resp.prepare(request)
-    sub = session.subscribe(since)
+    try:
+        await resp.prepare(request)
+    except BaseException:
+        sub.close()
+        raise
     connected = request.app[METRICS].subscribers.labels("sse")
     connected.inc()
     try:

@@ -52,7 +52,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """Upgrade and serve one session socket.
 
     Answers before the upgrade: 404 unknown session, 400 ``invalid_resume_id`` (``since``) or
-    ``bad_request`` (``events``).
+    ``bad_request`` (``events``), 503 ``too_many_subscribers``.
     """
     session = session_of(request)
     settings = request.app[SETTINGS]
@@ -65,9 +65,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_ping_s, max_msg_size=4 * settings.max_chunk_bytes
     )
-    bound_send_buffer(request, settings.subscriber_send_buffer)
-    await ws.prepare(request)
+    # Subscribed before the upgrade: 503 too_many_subscribers is an HTTP answer.
     sub = session.subscribe(since) if events else None
+    bound_send_buffer(request, settings.subscriber_send_buffer)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        if sub is not None:
+            sub.close()
+        raise
     writer = asyncio.create_task(
         _send_events(ws, sub) if sub is not None else _close_when_ended(ws, session),
         name=f"ws-out-{session.id}",
@@ -84,7 +90,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 if msg.type == WSMsgType.BINARY:
                     await session.feed(msg.data, producer=ws)
                 elif msg.type == WSMsgType.TEXT:
-                    await _control(session, msg.data)
+                    await _control(session, msg.data, ws)
             except GatewayError as exc:
                 metrics.error(exc.code)
                 strikes.append(time.monotonic())
@@ -121,8 +127,12 @@ async def _tell(ws: web.WebSocketResponse, session: Session, exc: GatewayError) 
         await ws.send_str(event.model_dump_json(exclude_none=True))
 
 
-async def _control(session: Session, text: str) -> None:
-    """Run one control message. Raises BadControlMessage, SessionClosed."""
+async def _control(session: Session, text: str, producer: object) -> None:
+    """Run one control message from ``producer``'s socket.
+
+    Raises:
+        BadControlMessage, SessionClosed, ProducerConflict (finalize from a non-producer).
+    """
     try:
         command = ControlMessage.model_validate_json(text).type
     except ValidationError as exc:
@@ -132,7 +142,7 @@ async def _control(session: Session, text: str) -> None:
             f"binary frames"
         ) from None
     if command == "finalize":
-        await session.finalize()
+        await session.finalize(producer)
     elif command == "close":
         await session.close()
 

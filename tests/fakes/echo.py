@@ -50,9 +50,10 @@ class EchoSpec:
 
 
 class EchoProvider(EngineProvider):
-    """Registered as ``local``; ``model: "slow"`` sleeps 0.3 s per job, anything else 0."""
+    """Engine ``echo`` (the engine set is open: a test registers its own); ``model: "slow"``
+    sleeps 0.3 s per job, anything else 0."""
 
-    name = "local"
+    name = "echo"
 
     def __init__(self, workers: WorkerPool) -> None:
         self._workers = workers
