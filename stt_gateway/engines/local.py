@@ -340,8 +340,8 @@ def local_decoders() -> DecoderPool:
 
 
 WARM_DECODERS = 1
-"""Decoders each engine worker builds at start: a stream opens at its first audio, and a
-decoder built then (~0.26 s) would delay that stream's first interim."""
+"""Decoders each engine worker builds at start, so the first session's stream does not wait
+~0.26 s for one."""
 
 
 def warm_decoders() -> None:

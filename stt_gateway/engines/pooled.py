@@ -98,9 +98,7 @@ class _Command(enum.Enum):
 class PooledEngine(Engine):
     """An :class:`Engine` whose recogniser, built from ``spec``, runs in ``pool``.
 
-    The recogniser is built at the first audio, not at :meth:`start`: a session that never
-    streams holds no decoder (~90 MB for pocketsphinx), so memory follows streams, not created
-    sessions. Audio and commands wait in one inbox; audio already queued goes to the worker as
+    Audio and commands wait in one inbox; audio already queued goes to the worker as
     one batch, so a stream that fell behind catches up in few round trips. The inbox has no
     bound of its own: the session holds its producer back by :meth:`backlog_bytes`.
 
@@ -122,11 +120,17 @@ class PooledEngine(Engine):
         self._working_bytes = 0  # audio in the batch the worker is recognising
         self._room_waiters: list[asyncio.Future[None]] = []  # producers held back
         self._ended = False
+        self._stream: WorkerStream | None = None
 
     async def start(self) -> None:
-        """Wait for the workers' warm-up (at once after it); the recogniser itself is built
-        in a worker at the first audio."""
+        """Build the recogniser in a worker (after the workers' warm-up), so the first audio
+        does not wait for it.
+
+        Raises:
+            EngineError: it could not be built, or the worker died.
+        """
         await self._pool.ready()
+        self._stream = await self._pool.open(self._spec)
 
     async def feed(self, pcm: bytes) -> None:
         self._queued_bytes += len(pcm)
@@ -188,7 +192,9 @@ class PooledEngine(Engine):
         Raises:
             EngineError: the recogniser could not be built, or the worker failed.
         """
-        stream: WorkerStream | None = None
+        stream = self._stream
+        if stream is None:
+            raise RuntimeError("results() before start()")
         inbox = self._inbox
         try:
             while True:
@@ -203,27 +209,21 @@ class PooledEngine(Engine):
                         size += len(nxt)
                     self._queued_bytes -= size
                     self._working_bytes = size
-                    if stream is None:
-                        stream = await self._pool.open(self._spec)
                     results = await stream.process(batch[0] if len(batch) == 1 else b"".join(batch))
                     self._working_bytes = 0
                     self._wake_producers()
                 elif item is _Command.FINALIZE:
-                    if stream is None:
-                        continue  # no audio yet: nothing to finalize
                     results = await stream.finalize()
                 else:
-                    if stream is not None:
-                        for result in await stream.close():
-                            yield result
+                    for result in await stream.close():
+                        yield result
                     return
                 for result in _newest_interims(results):
                     yield result
         finally:
             self._ended = True
             self._wake_producers()
-            if stream is not None:
-                stream.discard()  # no-op after a clean close
+            stream.discard()  # no-op after a clean close
 
 
 def _newest_interims(results: list[RecognizerOutput]) -> list[RecognizerOutput]:
