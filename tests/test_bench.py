@@ -55,13 +55,14 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
         "1",
         "--uvloop",
     )
-    assert [(t["engine"], t["sessions"]) for t in result["trials"]] == [
-        ("instant", 2),
-        ("deepgram", 2),
-        ("local", 2),
-        ("whisper", 2),
-    ]
+    # Each engine's first trial is at --start; whether it passes is the machine's verdict (a
+    # busy box bisects down to 1), so only that every engine was tried and heard is asserted.
+    firsts: dict[str, int] = {}
+    for t in result["trials"]:
+        firsts.setdefault(t["engine"], t["sessions"])
+    assert firsts == {"instant": 2, "deepgram": 2, "local": 2, "whisper": 2}
     assert all(t["results"] > 0 for t in result["trials"])
+    assert set(result["capacity"]) == set(firsts)
     assert "capacity deepgram:" in out
     assert result["uvloop"] is True
 
