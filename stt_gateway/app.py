@@ -59,7 +59,7 @@ def create_app(
         # request: a client that trickles its headers (slowloris) is closed when it fires.
         handler_args={"keepalive_timeout": settings.header_timeout_s},
     )
-    workers = WorkerPool(settings.engine_processes)
+    workers = WorkerPool(settings.engine_processes, idle_release_s=settings.engine_idle_release_s)
     engines = (providers or _default_providers(settings))(workers)
     metrics = GatewayMetrics()
     registry = SessionRegistry(settings, engines, metrics)

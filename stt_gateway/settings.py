@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         ge=1,
         description="worker processes running CPU-bound engine work (default: one per core)",
     )
+    engine_idle_release_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds an engine worker keeps a decoder or VAD no stream is using "
+        "(beyond one warm each) before freeing its memory",
+    )
 
     replay_events: int = Field(
         10_000, ge=1, description="events kept per session for resume (Last-Event-ID / since)"

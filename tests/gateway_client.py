@@ -133,6 +133,13 @@ async def transcribe_ws(
     return received
 
 
+async def session_info(http: aiohttp.ClientSession, base: str, session_id: str) -> dict[str, Any]:
+    """``GET /sessions/{id}``: the session's info as a client sees it."""
+    async with http.get(f"{base}/sessions/{session_id}") as resp:
+        info: dict[str, Any] = await resp.json()
+        return info
+
+
 async def wait_for_info(
     http: aiohttp.ClientSession,
     base: str,
@@ -143,8 +150,7 @@ async def wait_for_info(
     """Poll ``GET /sessions/{id}`` (as a client would) until ``ready(info)``; that info."""
     async with asyncio.timeout(timeout_s):
         while True:
-            async with http.get(f"{base}/sessions/{session_id}") as resp:
-                info: dict[str, Any] = await resp.json()
+            info = await session_info(http, base, session_id)
             if ready(info):
                 return info
             await asyncio.sleep(0.01)

@@ -26,6 +26,7 @@ from tests.gateway_client import (
     follow_ws,
     frames,
     paced,
+    session_info,
     wait_for_audio,
 )
 from tests.test_metrics import scrape
@@ -37,12 +38,6 @@ POLICY_VIOLATION = 1008
 
 def expected_text(c: Clip) -> str:
     return " ".join(f.text for f in direct_finals(c))
-
-
-async def session_info(http: aiohttp.ClientSession, gw: Gateway, sid: str) -> dict[str, Any]:
-    async with http.get(f"{gw.base}/sessions/{sid}") as resp:
-        body: dict[str, Any] = await resp.json()
-        return body
 
 
 async def flood(ws: aiohttp.ClientWebSocketResponse, binary: int, text: int) -> int:
@@ -95,14 +90,14 @@ async def test_ws_flood_from_a_second_socket_reaches_only_that_socket(
     await producer.send_json({"type": "close"})
     await asyncio.wait_for(asyncio.gather(sse, producer_reader), 60)
     # After the close, audio from a late socket is refused to it alone.
-    last_seq = (await session_info(http, gateway, sid))["last_seq"]
+    last_seq = (await session_info(http, gateway.base, sid))["last_seq"]
     late = await http.ws_connect(session["ws_url"] + "?events=false")
     for _ in range(3):
         await late.send_bytes(b"\0\0" * 320)
     late_got = Received()
     await asyncio.wait_for(follow_ws(late, late_got), 10)
     assert {e["data"]["code"] for e in late_got.events} <= {"session_closed"}
-    assert (await session_info(http, gateway, sid))["last_seq"] == last_seq
+    assert (await session_info(http, gateway.base, sid))["last_seq"] == last_seq
 
     for got in (subscriber, produced):
         assert got.of_type("error") == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from stt_gateway.engines.local import DecoderPool, LocalRecognizer
+from stt_gateway.engines.local import LocalRecognizer, LocalResources, local_resources
 from stt_gateway.engines.pooled import RecognizerOutput, UtteranceAudio, UtterancePause
 from stt_gateway.events import FinalData, SpeechEndData, SpeechStartData
 from tests.audio_files import clip, clips, wer
@@ -14,9 +14,9 @@ from tests.gateway_client import frames
 
 
 def recognize(
-    pool: DecoderPool, pcm: bytes, rate: int = 16_000, frame_ms: int = 0
+    pool: LocalResources, pcm: bytes, rate: int = 16_000, frame_ms: int = 0
 ) -> list[RecognizerOutput]:
-    rec = LocalRecognizer(input_rate=rate, endpointing_ms=500, interim_results=True, pool=pool)
+    rec = LocalRecognizer(input_rate=rate, endpointing_ms=500, interim_results=True, resources=pool)
     chunks = frames(pcm, rate, frame_ms) if frame_ms else [pcm]
     out: list[RecognizerOutput] = []
     for chunk in chunks:
@@ -26,22 +26,22 @@ def recognize(
 
 def test_results_do_not_depend_on_how_the_audio_is_chunked() -> None:
     c = clip("librivox-sns-0890")
-    whole = recognize(DecoderPool(0), c.pcm)
-    assert recognize(DecoderPool(0), c.pcm, frame_ms=20) == whole
-    assert recognize(DecoderPool(0), c.pcm, frame_ms=250) == whole
+    whole = recognize(local_resources(0), c.pcm)
+    assert recognize(local_resources(0), c.pcm, frame_ms=20) == whole
+    assert recognize(local_resources(0), c.pcm, frame_ms=250) == whole
 
 
 def test_a_reused_decoder_decodes_exactly_like_a_new_one() -> None:
     a, b = clip("librivox-sns-0870"), clip("librivox-sns-0920")
-    fresh = recognize(DecoderPool(0), a.pcm)
-    pool = DecoderPool(1)
+    fresh = recognize(local_resources(0), a.pcm)
+    pool = local_resources(1)
     recognize(pool, b.pcm)
     assert recognize(pool, a.pcm) == fresh
 
 
 def test_every_utterance_is_bracketed_by_speech_start_and_speech_end() -> None:
     for c in clips():
-        kinds = [type(r) for r in recognize(DecoderPool(1), c.pcm)]
+        kinds = [type(r) for r in recognize(local_resources(1), c.pcm)]
         starts = [i for i, k in enumerate(kinds) if k is SpeechStartData]
         ends = [i for i, k in enumerate(kinds) if k is SpeechEndData]
         assert len(starts) == len(ends) >= 1
@@ -52,10 +52,12 @@ def test_48khz_input_is_resampled_and_recognised() -> None:
     c = clip("librivox-sns-0920")
     samples = np.frombuffer(c.pcm, dtype="<i2")
     pcm48 = soxr.resample(samples, 16_000, 48_000).astype("<i2").tobytes()
-    text16 = " ".join(r.text for r in recognize(DecoderPool(0), c.pcm) if isinstance(r, FinalData))
+    text16 = " ".join(
+        r.text for r in recognize(local_resources(0), c.pcm) if isinstance(r, FinalData)
+    )
     text48 = " ".join(
         r.text
-        for r in recognize(DecoderPool(0), pcm48, rate=48_000, frame_ms=20)
+        for r in recognize(local_resources(0), pcm48, rate=48_000, frame_ms=20)
         if isinstance(r, FinalData)
     )
     wer16, wer48 = wer(c.reference, text16), wer(c.reference, text48)
@@ -71,7 +73,7 @@ def test_a_pause_hands_back_the_utterance_so_far_and_the_endpoint_says_if_it_sti
             input_rate=16_000,
             endpointing_ms=endpointing_ms,
             interim_results=False,
-            pool=DecoderPool(0),
+            resources=local_resources(0),
             keep_audio=True,
             pause_ms=200,
         )

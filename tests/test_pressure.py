@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import time
-from typing import Any
 
 import aiohttp
 import pytest
@@ -25,6 +24,7 @@ from tests.gateway_client import (
     follow_sse,
     follow_ws,
     frames,
+    session_info,
     wait_for_info,
 )
 
@@ -39,12 +39,6 @@ ALL = Clip(
 
 def expected_text(c: Clip) -> str:
     return " ".join(f.text for f in direct_finals(c))
-
-
-async def session_info(http: aiohttp.ClientSession, base: str, sid: str) -> dict[str, Any]:
-    async with http.get(f"{base}/sessions/{sid}") as resp:
-        body: dict[str, Any] = await resp.json()
-        return body
 
 
 async def test_ws_producer_far_ahead_is_held_to_the_lead_and_all_its_audio_transcribed(
@@ -253,3 +247,51 @@ async def test_slow_header_clients_are_closed_while_a_real_stream_goes_on(
     async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
         assert (await resp.json())["transcript"] == expected_text(speech)
     assert all(closed)
+
+
+def rss_mb(pid: int | None) -> float:
+    """Resident set size (MB) of process ``pid``, from ``/proc``."""
+    assert pid is not None
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+async def test_engine_memory_follows_active_streams_not_created_sessions(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    # A decoder is ~95 MB and a VAD ~10 MB: 20 silent sessions holding one each would add
+    # ~2 GB to the worker; four streams' decoders must be freed once idle past the setting.
+    gw = await start_gateway(engine_processes=1, engine_idle_release_s=0.5)
+    workers = gw.app[WORKERS]
+    workers.start()
+    await workers.ready()
+    (pid,) = workers.pids
+    baseline = rss_mb(pid)
+    silent = [await create_session(http, gw.base) for _ in range(20)]
+    speech = clips()[:4]
+
+    async def stream(c: Clip) -> str:
+        session = await create_session(http, gw.base)
+        ws = await http.ws_connect(session["ws_url"] + "?events=false")
+        for frame in frames(c.pcm, 16_000, 100):
+            await ws.send_bytes(frame)
+        await ws.close()
+        async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
+            return str((await resp.json())["transcript"])
+
+    # The worker serves requests in order: once these streams are done, so are the silent
+    # sessions' stream opens before them.
+    transcripts = await asyncio.gather(*(stream(c) for c in speech))
+    busy = after = rss_mb(pid) - baseline
+    async with asyncio.timeout(30):
+        while after > 50:
+            await asyncio.sleep(0.1)
+            after = rss_mb(pid) - baseline
+    print(
+        f"\nworker RSS {baseline:.0f} MB at start; +{busy:.0f} MB after 4 streams beside 20 "
+        f"silent sessions; +{after:.0f} MB once idle"
+    )
+    assert transcripts == [expected_text(c) for c in speech]
+    for s in silent:  # the silent sessions were open all along
+        async with http.delete(f"{gw.base}/sessions/{s['session_id']}") as resp:
+            assert resp.status == 200

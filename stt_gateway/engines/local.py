@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from ..events import (
 from ..models import SessionConfig
 from .base import Engine, EngineProvider
 from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
+from .resources import IdlePool
 from .vad import VAD_RATE, WINDOW_SAMPLES, SileroVad
 from .workers import WorkerPool
 
@@ -64,46 +64,33 @@ def _is_word(token: str) -> bool:
     return not (token.startswith(("<", "[", "+")))
 
 
-class DecoderPool:
-    """Reuses pocketsphinx decoders across sessions.
+def _fresh_features(decoder: Decoder) -> None:
+    # A new feature pipeline (~0.2 ms) drops the cepstral-mean estimate the last utterance
+    # left: a reused decoder then decodes exactly as a fresh one (``set_cmn`` with the initial
+    # values alone did not, measured).
+    decoder.reinit_feat()
 
-    A decoder costs ~0.26 s and ~90 MB to build (measured here). A released decoder gets a new
-    feature pipeline (``reinit_feat``, ~0.2 ms), which drops the cepstral-mean estimate the last
-    session left: a reused decoder then decodes exactly as a fresh one (``set_cmn`` with the
-    initial values alone did not, measured). Thread-safe.
 
-    Args:
-        max_idle: most idle decoders kept; beyond that a released decoder is dropped.
+@dataclass(frozen=True)
+class LocalResources:
+    """Where a :class:`LocalRecognizer` takes its decoder and its VAD from, and gives them back.
+
+    A decoder costs ~0.26 s and ~95 MB to build, a Silero VAD ~10 MB (measured here): a stream
+    holds a VAD while its audio flows and a decoder only inside an utterance, so sessions that
+    were created but send nothing, or are silent, hold neither.
     """
 
-    def __init__(self, max_idle: int) -> None:
-        self._max_idle = max_idle
-        self._idle: list[Decoder] = []
-        self._lock = threading.Lock()
+    decoders: IdlePool[Decoder]
+    vads: IdlePool[SileroVad]
 
-    def acquire(self) -> Decoder:
-        """An idle decoder, or a new one (blocking: call off the event loop)."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return Decoder()
 
-    def fill(self, count: int) -> None:
-        """Build decoders until ``count`` are idle (blocking: a worker's warm-up job)."""
-        while True:
-            with self._lock:
-                if len(self._idle) >= min(count, self._max_idle):
-                    return
-            decoder = Decoder()
-            with self._lock:
-                self._idle.append(decoder)
-
-    def release(self, decoder: Decoder) -> None:
-        """Return a decoder that is not inside an utterance."""
-        decoder.reinit_feat()
-        with self._lock:
-            if len(self._idle) < self._max_idle:
-                self._idle.append(decoder)
+def local_resources(max_idle: int, keep: int = 0) -> LocalResources:
+    """New pools keeping at most ``max_idle`` idle decoders and VADs each (``keep`` of them
+    however long they are idle)."""
+    return LocalResources(
+        decoders=IdlePool(Decoder, _fresh_features, keep=keep, max_idle=max_idle),
+        vads=IdlePool(SileroVad, SileroVad.reset, keep=keep, max_idle=max_idle),
+    )
 
 
 class LocalRecognizer:
@@ -113,7 +100,9 @@ class LocalRecognizer:
         input_rate: Hz of the PCM16 fed in; resampled to 16 kHz with soxr when different.
         endpointing_ms: silence (ms) that ends an utterance.
         interim_results: whether to produce interim ``TokenData``.
-        pool: where the decoder comes from and goes back to on :meth:`close`.
+        resources: where the decoder and the VAD come from and go back to: the VAD at the
+            first audio (back on :meth:`close`), the decoder at speech onset (back at the
+            utterance's end).
         keep_audio: hand each utterance back as :class:`~.pooled.UtteranceAudio` (its audio,
             pocketsphinx's final and the ``speech_end``) for a second pass to make the final.
         pause_ms: with ``keep_audio``, after this much VAD silence inside an utterance (less
@@ -127,17 +116,18 @@ class LocalRecognizer:
         input_rate: int,
         endpointing_ms: int,
         interim_results: bool,
-        pool: DecoderPool,
+        resources: LocalResources,
         keep_audio: bool = False,
         pause_ms: int = 0,
     ) -> None:
-        self._pool = pool
+        self._resources = resources
         self._keep_audio = keep_audio
         self._pause_windows = math.ceil(pause_ms / 1000 / WINDOW_S) if keep_audio else 0
         self._paused = False  # an UtterancePause went out and only silence came since
         self._utt_audio: list[Int16Array] = []  # the utterance so far, when keep_audio
-        self._decoder = pool.acquire()
-        self._vad = SileroVad()
+        self._decoder: Decoder | None = None  # held inside an utterance only
+        self._cmn: str | None = None  # the cepstral mean the last utterance ended with
+        self._vad: SileroVad | None = None  # held from the first audio to close
         self._resampler = Resampler(input_rate, VAD_RATE) if input_rate != VAD_RATE else None
         self._interim = interim_results
         self._endpoint_windows = max(1, math.ceil(endpointing_ms / 1000 / WINDOW_S))
@@ -167,7 +157,7 @@ class LocalRecognizer:
         if self._in_speech:
             # Give the decoder the sub-window tail too: finalize means "all you have".
             if self._carry.size:
-                self._decoder.process_raw(self._carry.tobytes())
+                self._utterance_decoder().process_raw(self._carry.tobytes())
                 self._keep(self._carry)
                 self._paused = False  # the tail is not known to be silence
             self._carry = np.zeros(0, dtype=np.int16)
@@ -179,7 +169,9 @@ class LocalRecognizer:
         if self._resampler is not None:
             out.extend(self._consume(self._resampler.flush()))
         out.extend(self.finalize())
-        self._pool.release(self._decoder)
+        if self._vad is not None:
+            self._resources.vads.release(self._vad)
+            self._vad = None
         return out
 
     # -- windows -------------------------------------------------------------------------
@@ -189,12 +181,19 @@ class LocalRecognizer:
         if self._carry.size:
             samples = np.concatenate((self._carry, samples))
         n = samples.size // WINDOW_SAMPLES
+        if n and self._vad is None:
+            self._vad = self._resources.vads.acquire()
         for i in range(n):
             self._window(samples[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES], out)
         self._carry = samples[n * WINDOW_SAMPLES :].copy()
         return out
 
+    def _utterance_decoder(self) -> Decoder:
+        assert self._decoder is not None, "a decoder is held inside an utterance"
+        return self._decoder
+
     def _window(self, window: Int16Array, out: list[RecognizerOutput]) -> None:
+        assert self._vad is not None, "a VAD is held while audio flows"
         prob = self._vad.probability(window)
         self._windows += 1
         if not self._in_speech:
@@ -204,7 +203,7 @@ class LocalRecognizer:
                 self._start_utterance(out)
             return
 
-        self._decoder.process_raw(window.tobytes())
+        self._utterance_decoder().process_raw(window.tobytes())
         self._keep(window)
         self._utt_windows += 1
         if prob >= SPEECH_PROB:
@@ -234,9 +233,12 @@ class LocalRecognizer:
     def _start_utterance(self, out: list[RecognizerOutput]) -> None:
         self._onset_s = round((self._windows - self._speech_run) * WINDOW_S, 3)
         out.append(SpeechStartData(timestamp=self._onset_s))
-        self._decoder.start_utt()
+        self._decoder = decoder = self._resources.decoders.acquire()
+        if self._cmn is not None:
+            decoder.set_cmn(self._cmn)
+        decoder.start_utt()
         self._utt_first_window = self._windows - len(self._preroll)
-        self._decoder.process_raw(b"".join(w.tobytes() for w in self._preroll))
+        decoder.process_raw(b"".join(w.tobytes() for w in self._preroll))
         for w in self._preroll:
             self._keep(w)
         self._utt_windows = len(self._preroll)
@@ -251,7 +253,7 @@ class LocalRecognizer:
             self._utt_audio.append(samples)
 
     def _emit_partial(self, out: list[RecognizerOutput]) -> None:
-        hyp = self._decoder.hyp()
+        hyp = self._utterance_decoder().hyp()
         text = hyp.hypstr if hyp is not None else ""
         if text and text != self._last_partial:
             self._last_partial = text
@@ -268,7 +270,8 @@ class LocalRecognizer:
     def _end_utterance(
         self, out: list[RecognizerOutput], *, speech_final: bool, keep_speech: bool = False
     ) -> None:
-        self._decoder.end_utt()
+        decoder = self._utterance_decoder()
+        decoder.end_utt()
         offset = self._utt_first_window * WINDOW_S
         words = [
             Word(
@@ -278,7 +281,7 @@ class LocalRecognizer:
                 end=round(offset + (seg.end_frame + 1) / 100, 3),
                 confidence=min(1.0, max(0.0, float(seg.prob))),
             )
-            for seg in self._decoder.seg()
+            for seg in decoder.seg()
             if _is_word(seg.word)
         ]
         final = (
@@ -320,7 +323,7 @@ class LocalRecognizer:
                 out.append(speech_end)
         self._paused = False
         if keep_speech:
-            self._decoder.start_utt()
+            decoder.start_utt()
             self._utt_first_window = self._windows
             self._onset_s = round(self._windows * WINDOW_S, 3)
             self._utt_windows = 0
@@ -328,25 +331,29 @@ class LocalRecognizer:
         else:
             self._in_speech = False
             self._speech_run = 0
+            self._cmn = decoder.get_cmn()
+            self._decoder = None
+            self._resources.decoders.release(decoder)
 
 
-_PROCESS_DECODERS = DecoderPool(max_idle=8)
-"""The decoders of this (worker) process."""
+WARM = 1
+"""Decoders and VADs each engine worker builds at start and keeps however long they are idle,
+so a first utterance does not wait ~0.26 s for a decoder."""
+
+_PROCESS_RESOURCES = local_resources(max_idle=8, keep=WARM)
+"""The decoders and VADs of this (worker) process; beyond :data:`WARM`, idle ones are dropped
+after :func:`.resources.configure`'s time."""
 
 
-def local_decoders() -> DecoderPool:
-    """The decoders of this (worker) process, shared by every pocketsphinx stream in it."""
-    return _PROCESS_DECODERS
-
-
-WARM_DECODERS = 1
-"""Decoders each engine worker builds at start, so the first session's stream does not wait
-~0.26 s for one."""
+def process_resources() -> LocalResources:
+    """The decoders and VADs of this (worker) process, shared by every local stream in it."""
+    return _PROCESS_RESOURCES
 
 
 def warm_decoders() -> None:
-    """A worker's warm-up job (picklable): :data:`WARM_DECODERS` idle decoders."""
-    _PROCESS_DECODERS.fill(WARM_DECODERS)
+    """A worker's warm-up job (picklable): :data:`WARM` idle decoders and VADs."""
+    _PROCESS_RESOURCES.decoders.fill(WARM)
+    _PROCESS_RESOURCES.vads.fill(WARM)
 
 
 @dataclass(frozen=True)
@@ -362,7 +369,7 @@ class LocalRecognizerSpec:
             input_rate=self.input_rate,
             endpointing_ms=self.endpointing_ms,
             interim_results=self.interim_results,
-            pool=_PROCESS_DECODERS,
+            resources=_PROCESS_RESOURCES,
         )
 
 

@@ -33,6 +33,10 @@ class SileroVad:
             )
         self._floats = np.empty(WINDOW_SAMPLES, dtype=np.float32)
 
+    def reset(self) -> None:
+        """Forget the stream so far: the next window starts a new stream."""
+        self._model.reset()
+
     def probability(self, window: Int16Array) -> float:
         """Speech probability of one window of exactly ``WINDOW_SAMPLES`` int16 samples."""
         # Silero takes float32 in [-1, 1]; convert into a reused buffer (no allocation).

@@ -49,7 +49,7 @@ from ..events import EngineResult, FinalData, SpeechEndData, Word
 from ..models import SessionConfig
 from ..settings import Settings
 from .base import Engine, EngineProvider
-from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, local_decoders, warm_decoders
+from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, process_resources, warm_decoders
 from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
 from .second_pass import SecondPassPool, SecondPassStats
 from .workers import WorkerPool
@@ -272,7 +272,7 @@ class WhisperRecognizerSpec:
             input_rate=self.input_rate,
             endpointing_ms=self.endpointing_ms,
             interim_results=self.interim_results,
-            pool=local_decoders(),
+            resources=process_resources(),
             keep_audio=True,
             pause_ms=self.early_pass_ms,
         )

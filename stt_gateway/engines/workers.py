@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from ..errors import EngineError
+from . import resources
 from .pooled import Recognizer, RecognizerOutput, RecognizerSpec
 
 T = TypeVar("T")
@@ -47,14 +48,20 @@ class Op(enum.Enum):
     RUN = "run"
 
 
-def _serve(conn: Connection, niceness: int) -> None:
-    """A worker process's loop: run each request on its stream's recogniser, reply."""
+def _serve(conn: Connection, niceness: int, idle_release_s: float) -> None:
+    """A worker process's loop: run each request on its stream's recogniser, reply; between
+    requests, drop decoders and VADs idle longer than ``idle_release_s`` (see :mod:`.resources`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
     if niceness:
         os.nice(niceness)
+    resources.configure(idle_release_s)
     streams: dict[int, Recognizer] = {}
+    trim_in: float | None = None  # seconds until an idle object may be dropped
     while True:
         try:
+            if trim_in is not None and not conn.poll(trim_in):
+                trim_in = resources.trim_idle()
+                continue
             stream_id, op, arg = conn.recv()
         except (EOFError, OSError):
             return  # the gateway closed the pipe: shut down
@@ -78,17 +85,25 @@ def _serve(conn: Connection, niceness: int) -> None:
                 streams.pop(stream_id, None)  # a recogniser that raised is not trusted again
             reply = (False, f"{type(exc).__name__}: {exc}")
         conn.send(reply)
+        trim_in = resources.trim_idle()
 
 
 class _Worker:
     """One worker process, its pipe and the I/O thread that talks over it."""
 
     def __init__(
-        self, ctx: multiprocessing.context.SpawnContext, index: int, niceness: int
+        self,
+        ctx: multiprocessing.context.SpawnContext,
+        index: int,
+        niceness: int,
+        idle_release_s: float,
     ) -> None:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_serve, args=(child, niceness), name=f"stt-engine-{index}", daemon=True
+            target=_serve,
+            args=(child, niceness, idle_release_s),
+            name=f"stt-engine-{index}",
+            daemon=True,
         )
         self._proc.start()
         child.close()
@@ -176,12 +191,17 @@ class WorkerPool:
         processes: how many.
         niceness: added to the workers' scheduling niceness (``os.nice``): work that can wait
             yields the CPU to work that cannot.
+        idle_release_s: seconds a worker keeps a decoder or VAD no stream uses (beyond its
+            warm one) before dropping it and returning the memory to the system.
     """
 
-    def __init__(self, processes: int, niceness: int = 0) -> None:
+    def __init__(
+        self, processes: int, niceness: int = 0, idle_release_s: float = resources.IDLE_S
+    ) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._size = processes
         self._niceness = niceness
+        self._idle_release_s = idle_release_s
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -190,7 +210,10 @@ class WorkerPool:
     def start(self) -> None:
         """Spawn the worker processes (they import the engines while the gateway goes on)."""
         if not self._workers:
-            self._workers = [_Worker(self._ctx, i, self._niceness) for i in range(self._size)]
+            self._workers = [
+                _Worker(self._ctx, i, self._niceness, self._idle_release_s)
+                for i in range(self._size)
+            ]
 
     def alive(self) -> bool:
         """Whether every worker process runs (none started yet counts as alive: they start
@@ -255,7 +278,7 @@ class WorkerPool:
         """Worker ``index``, replaced by a new process first if it died."""
         if self._workers[index].dead:
             log.warning("engine worker %d died; starting a new one", index)
-            self._workers[index] = _Worker(self._ctx, index, self._niceness)
+            self._workers[index] = _Worker(self._ctx, index, self._niceness, self._idle_release_s)
         return self._workers[index]
 
     @property
