@@ -74,6 +74,14 @@ def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws() -> None:
     assert "last p95" in out
 
 
+def test_abuse_bench_compares_a_clean_and_an_abused_phase() -> None:
+    out, result = run_bench("abuse.py", "--streams", "1", "--abusers", "8")
+    assert (result["clean"]["abusers"], result["abused"]["abusers"]) == (0, 8)
+    assert result["abused"]["errors_total"], "the abusers were answered with errors"
+    assert result["abused"]["errors_seen_by_real_streams"] == 0
+    assert "WER identical" in out
+
+
 def test_engine_bench_prints_its_table() -> None:
     out, result = run_bench("engine.py", "--speed", "4", "--clips", "1", "--max-streams", "1")
     assert [(r["engine"], r["clip"]) for r in result["rows"]] == [
