@@ -168,6 +168,14 @@ class Settings(BaseSettings):
         description="engine 'whisper': ended utterances that may wait for a Whisper worker; "
         "past that an utterance gets the streaming engine's final (saturation)",
     )
+    whisper_niceness: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="engine 'whisper': niceness added to the Whisper workers; above 0 they "
+        "yield the CPU to the streaming workers (interims), but then any other load on the "
+        "box starves them and finals fall back to the streaming engine's",
+    )
     whisper_pass_timeout_s: float = Field(
         10.0,
         gt=0,

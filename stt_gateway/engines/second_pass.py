@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SECOND_PASS_NICENESS = 10
-"""How much lower the second-pass workers' CPU priority is than the streaming workers'."""
-
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Upper bounds (s) of the queue-wait histogram's buckets (``+Inf`` is implied)."""
 
@@ -72,12 +69,17 @@ class SecondPassPool:
         queue_size: jobs that may wait for a worker; beyond it :meth:`submit` refuses.
         warmup: a picklable job each worker runs once before its first real job (loads the
             model, so the first utterance does not pay for it).
+        niceness: added to the workers' scheduling niceness (see :class:`.workers.WorkerPool`).
     """
 
     def __init__(
-        self, processes: int, queue_size: int, warmup: Callable[[], Any] | None = None
+        self,
+        processes: int,
+        queue_size: int,
+        warmup: Callable[[], Any] | None = None,
+        niceness: int = 0,
     ) -> None:
-        self._workers = WorkerPool(processes, niceness=SECOND_PASS_NICENESS)
+        self._workers = WorkerPool(processes, niceness=niceness)
         self._queue: asyncio.Queue[_Job[Any]] | None = None
         self._queue_size = queue_size
         self._warmup = warmup

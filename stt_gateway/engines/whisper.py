@@ -473,7 +473,10 @@ class WhisperEngineProvider(EngineProvider):
             self._error = str(exc)
         else:
             self._passes = SecondPassPool(
-                settings.whisper_processes, settings.whisper_queue, LoadModel(self._model.path)
+                settings.whisper_processes,
+                settings.whisper_queue,
+                LoadModel(self._model.path),
+                niceness=settings.whisper_niceness,
             )
 
     @property
