@@ -15,8 +15,11 @@ real network their CPU is not the gateway's box's), cycling through:
 - oversized: WebSocket frames past the chunk limit on sessions of its own;
 - bad POSTs: bad base64, odd byte counts and oversized bodies to the real streams' sessions.
 
-The hostile clients start once every real stream holds its session's audio (its first frame
-was taken): the first socket to send audio is a session's producer, so a stranger who knows a
+Each real stream sends ``LEAD_IN_S`` of silence before its speech, in both phases. The
+hostile clients start once every real stream holds its session's audio (its first frame was
+taken), and the speech starts once the gateway has answered one of them (so a slow start of
+their process on a busy box does not leave the speech unabused): the first socket to send
+audio is a session's producer, so a stranger who knows a
 session id before its producer connects can take it — API keys and publish tokens (issue 16)
 are the answer to that, not this benchmark.
 
@@ -50,16 +53,24 @@ from bench.common import free_port, stop, tree_cpu_s, wait_up  # noqa: E402
 from tests.audio_files import Clip, clips, spoken_wer  # noqa: E402
 
 FRAME_BYTES = 640  # 20 ms at 16 kHz
+LEAD_IN_S = 3.0
+"""Silence each real stream sends before its speech, in both phases alike (the abusers start
+meanwhile)."""
 MAX_CHUNK_BYTES = 64_000
 
 
 async def real_stream(
-    http: aiohttp.ClientSession, session: dict[str, Any], c: Clip, producing: asyncio.Event
+    http: aiohttp.ClientSession,
+    session: dict[str, Any],
+    c: Clip,
+    producing: asyncio.Event,
+    go: asyncio.Event,
 ) -> dict[str, Any]:
-    """Stream ``c`` + 1 s of silence at real time to ``session``; its WER and interim latencies.
+    """Stream silence, then ``c`` + 1 s of silence, at real time to ``session``; its WER and
+    interim latencies.
 
     ``producing`` is set once the gateway has taken the first frames (this socket holds the
-    session's audio)."""
+    session's audio); silence goes on until ``go`` is set, then the clip follows."""
     pcm = c.pcm + bytes(32_000)
     ws = await http.ws_connect(session["ws_url"])
     got: list[tuple[float, dict[str, Any]]] = []
@@ -71,14 +82,21 @@ async def real_stream(
 
     reader = asyncio.create_task(receive())
     start = time.perf_counter()
-    sent_at: list[float] = []
-    for i in range(0, len(pcm), FRAME_BYTES):
-        await asyncio.sleep(max(0.0, start + i / 32_000 - time.perf_counter()))
+    sent_at: list[float] = []  # one per 20 ms frame, lead-in included: index = session time
+
+    async def send(frame: bytes) -> None:
+        await asyncio.sleep(max(0.0, start + len(sent_at) * 0.02 - time.perf_counter()))
         sent_at.append(time.perf_counter())
-        await ws.send_bytes(pcm[i : i + FRAME_BYTES])
-        if i == 10 * FRAME_BYTES:
-            await wait_for_audio(http, session, 0.1)
-            producing.set()
+        await ws.send_bytes(frame)
+
+    for _ in range(10):
+        await send(bytes(FRAME_BYTES))
+    await wait_for_audio(http, session, 0.1)
+    producing.set()
+    while not go.is_set():
+        await send(bytes(FRAME_BYTES))
+    for i in range(0, len(pcm), FRAME_BYTES):
+        await send(pcm[i : i + FRAME_BYTES])
     await ws.send_json({"type": "close"})
     await asyncio.wait_for(reader, 60)
     text = " ".join(e["data"]["text"] for _, e in got if e["event_type"] == "final" and "seq" in e)
@@ -111,20 +129,29 @@ async def phase(base: str, n: int, abusers: int, pid: int) -> dict[str, Any]:
             async with http.post(f"{base}/sessions", json={"config": {}}) as resp:
                 sessions.append(await resp.json())
         producing = [asyncio.Event() for _ in sessions]
+        go = asyncio.Event()
         cpu0, t0 = tree_cpu_s(pid), time.perf_counter()
         streams = asyncio.gather(
             *(
-                real_stream(http, s, corpus[i % len(corpus)], producing[i])
+                real_stream(http, s, corpus[i % len(corpus)], producing[i], go)
                 for i, s in enumerate(sessions)
             )
         )
+        lead_in = asyncio.create_task(asyncio.sleep(LEAD_IN_S))
+        await asyncio.gather(*(p.wait() for p in producing))
         abuse: Any = None
         if abusers:
-            await asyncio.gather(*(p.wait() for p in producing))
             ctx = multiprocessing.get_context("spawn")  # no state forked from a running loop
             ids = [s["session_id"] for s in sessions]
-            abuse = ctx.Process(target=run_abusers, args=(base, ids, abusers), daemon=True)
+            answered = ctx.Event()
+            abuse = ctx.Process(target=run_abusers, args=(base, ids, abusers, answered))
+            abuse.daemon = True
             abuse.start()
+            # The speech starts only once the abuse is under way (a busy box may take a while
+            # to start the abusers' process).
+            await asyncio.to_thread(answered.wait, 120)
+        await lead_in
+        go.set()
         try:
             rows = await streams
         finally:
@@ -152,13 +179,14 @@ async def phase(base: str, n: int, abusers: int, pid: int) -> dict[str, Any]:
     }
 
 
-def run_abusers(base: str, session_ids: list[str], n: int) -> None:
-    """The hostile clients (a process of their own, niceness +19), until terminated."""
+def run_abusers(base: str, session_ids: list[str], n: int, answered: Any) -> None:
+    """The hostile clients (a process of their own, niceness +19), until terminated;
+    ``answered`` (an Event) is set once the gateway has refused one of them."""
     os.nice(19)
-    asyncio.run(_abusers(base, session_ids, n))
+    asyncio.run(_abusers(base, session_ids, n, answered))
 
 
-async def _abusers(base: str, session_ids: list[str], n: int) -> None:
+async def _abusers(base: str, session_ids: list[str], n: int, answered: Any) -> None:
     rng = random.Random(20261203)
     port = int(base.rsplit(":", 1)[1])
     connector = aiohttp.TCPConnector(limit=0)
@@ -166,7 +194,9 @@ async def _abusers(base: str, session_ids: list[str], n: int) -> None:
         kinds = [garbage_ws, slowloris, oversized_ws, bad_posts]
         tasks = [
             asyncio.create_task(
-                forever(kinds[i % len(kinds)], http, base, port, rng.choice(session_ids), i)
+                forever(
+                    kinds[i % len(kinds)], http, base, port, rng.choice(session_ids), i, answered
+                )
             )
             for i in range(n)
         ]
@@ -174,7 +204,7 @@ async def _abusers(base: str, session_ids: list[str], n: int) -> None:
 
 
 async def forever(
-    kind: Any, http: aiohttp.ClientSession, base: str, port: int, sid: str, i: int
+    kind: Any, http: aiohttp.ClientSession, base: str, port: int, sid: str, i: int, answered: Any
 ) -> None:
     rng = random.Random(i)
     while True:
@@ -182,6 +212,8 @@ async def forever(
             await kind(http, base, port, sid, rng)
         except (aiohttp.ClientError, OSError, TimeoutError):
             await asyncio.sleep(0.1)
+        if kind is bad_posts:
+            answered.set()  # its request was answered (with a 4xx): the abuse is under way
 
 
 async def garbage_ws(
