@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from swagger_ui import api_doc
 
+from .auth import Authenticator
 from .engines.base import EngineProvider
 from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
@@ -17,7 +18,9 @@ from .metrics import GatewayMetrics
 from .registry import SessionRegistry
 from .settings import Settings
 from .transports import info, rest, sse, ws
-from .transports.common import METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
+from .transports.auth import REDACT_TOKENS, auth_middleware
+from .transports.common import AUTH, METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
+from .transports.cors import allow_cross_origin
 from .transports.guard import open_mode_guard
 
 log = logging.getLogger(__name__)
@@ -51,9 +54,23 @@ def create_app(
     are closed (``session_end`` reason ``shutdown``) when the server shuts down.
     """
     settings = settings or Settings()
+    # Request URLs in the access log may carry ?access_token=: blank it wherever it is logged.
+    logging.getLogger("aiohttp.access").addFilter(REDACT_TOKENS)
+    keys = settings.keys()
+    authenticator = (
+        Authenticator(
+            keys,
+            settings.token_secret.get_secret_value() if settings.token_secret else None,
+            settings.token_max_ttl_s,
+        )
+        if keys
+        else None
+    )
+    # With keys, credentials decide; without, open mode's Origin/Host guards do.
+    gate = auth_middleware(authenticator) if authenticator else open_mode_guard(settings)
     app = web.Application(
-        # error_middleware outermost: the guard's refusals get the JSON error body too.
-        middlewares=[error_middleware, open_mode_guard(settings)],
+        # error_middleware outermost: the gate's refusals get the JSON error body too.
+        middlewares=[error_middleware, gate],
         client_max_size=settings.max_request_bytes,
         # aiohttp arms this timer when a connection opens and only rearms it after a whole
         # request: a client that trickles its headers (slowloris) is closed when it fires.
@@ -68,12 +85,15 @@ def create_app(
     app[WORKERS] = workers
     app[METRICS] = metrics
     app[REGISTRY] = registry
+    if authenticator is not None:
+        app[AUTH] = authenticator
     for module in (rest, sse, ws, info):
         app.add_routes(module.routes)
     # Swagger UI from swagger-ui-py's bundled files (no CDN: the gateway may run offline).
     api_doc(app, config_rel_url="/openapi.json", url_prefix="/docs", title="stt-gateway API")
     app[info.STATIC_DIR] = info.find_static_dir()
     app.router.add_static("/static", app[info.STATIC_DIR])
+    allow_cross_origin(app, settings.cors_origins)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         workers.start()

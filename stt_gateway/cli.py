@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
     serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address without API keys (protected mode refuses otherwise)",
+    )
+    serve.add_argument(
         "--default-engine",
         choices=("local", "whisper", "deepgram"),
         help="engine of sessions that name none (default local)",
@@ -47,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=what)
         p.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
         p.add_argument("--json", action="store_true", help="one JSON event per line")
+        p.add_argument(
+            "--api-key",
+            default=os.environ.get("STT_GATEWAY_API_KEY"),
+            help="API key or token (default: STT_GATEWAY_API_KEY)",
+        )
         if name == "stream":
             p.add_argument("file", type=Path)
             p.add_argument(
@@ -96,14 +108,29 @@ def main(argv: list[str] | None = None) -> None:
                     as_json=args.json,
                     raw_rate=args.rate,
                     config=config,
+                    api_key=args.api_key,
                 )
             )
         )
     if args.command == "follow":
         sys.exit(
-            asyncio.run(follow_session(args.url.rstrip("/"), args.session_id, as_json=args.json))
+            asyncio.run(
+                follow_session(
+                    args.url.rstrip("/"), args.session_id, as_json=args.json, api_key=args.api_key
+                )
+            )
         )
     serve(args)
+
+
+def auth_mode(settings: Settings) -> str:
+    """The startup line saying who may call (key ids and count, never a secret)."""
+    keys = settings.keys()
+    if keys:
+        return f"auth on: {len(keys)} API key(s) ({', '.join(k.id for k in keys)})"
+    if settings.no_auth:
+        return f"auth off (--no-auth): anyone who reaches {settings.host} may call"
+    return "open mode: no API key, loopback only; foreign Origin and Host refused"
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -115,10 +142,14 @@ def serve(args: argparse.Namespace) -> None:
         for line in settings_errors(exc):
             print(f"stt-gateway: {line}", file=sys.stderr)
         sys.exit(2)
+    if (refusal := settings.protected_mode_refusal()) is not None:
+        print(f"stt-gateway: {refusal}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("stt_gateway").info("%s", auth_mode(settings))
     # No access log below DEBUG: audio POSTs would make it a per-chunk log.
     debug = settings.log_level.upper() == "DEBUG"
     access_log = logging.getLogger("aiohttp.access") if debug else None

@@ -95,14 +95,27 @@ class Printer:
         self._out.flush()
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization`` for ``api_key`` (a key or token), or none."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 async def stream_file(
-    url: str, path: Path, *, fast: bool, as_json: bool, raw_rate: int, config: dict[str, Any]
+    url: str,
+    path: Path,
+    *,
+    fast: bool,
+    as_json: bool,
+    raw_rate: int,
+    config: dict[str, Any],
+    api_key: str | None = None,
 ) -> int:
     """Stream ``path`` to a new session in 20 ms frames (real time unless ``fast``), print
-    its events until ``session_end``; returns the exit status."""
+    its events until ``session_end``; returns the exit status. ``api_key`` (a key or a
+    ``sessions:create`` token) is sent with every request when given."""
     pcm, rate = read_audio(path, raw_rate)
     printer = Printer(sys.stdout, as_json)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth_headers(api_key)) as http:
         async with http.post(
             f"{url}/sessions", json={"config": config | {"sample_rate": rate}}
         ) as resp:
@@ -138,13 +151,15 @@ async def stream_file(
     return 0
 
 
-async def follow_session(url: str, session_id: str, *, as_json: bool, retries: int = 10) -> int:
+async def follow_session(
+    url: str, session_id: str, *, as_json: bool, retries: int = 10, api_key: str | None = None
+) -> int:
     """Print a session's events from SSE, resuming with ``Last-Event-ID`` after a drop, until
-    ``session_end``; returns the exit status."""
+    ``session_end``; returns the exit status. ``api_key``: a key or a read token."""
     printer = Printer(sys.stdout, as_json)
     last: str | None = None
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(api_key)) as http:
         for attempt in range(retries + 1):
             headers = {"Last-Event-ID": last} if last else {}
             try:

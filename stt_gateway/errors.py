@@ -10,8 +10,11 @@
     ├── TooManySubscribers       too_many_subscribers 503    (answered before SSE / upgrade)
     ├── AudioLeadExceeded        audio_lead_exceeded  429    — (a socket is not read instead)
     ├── InvalidResumeId          invalid_resume_id    400    (handshake answers 400)
-    ├── Forbidden                forbidden_origin     403    (handshake answers 403)
-    │                            forbidden_host
+    ├── Unauthorized             unauthorized         401    (handshake answers 401)
+    ├── Forbidden                forbidden            403    (handshake answers 403);
+    │                            forbidden_origin            error event for a frame a
+    │                            forbidden_host              read-only socket may not send
+    ├── RateLimited              rate_limited         429    — (with Retry-After)
     ├── InvalidConfig            invalid_config       422    —
     ├── AudioError                                    4xx    error event, socket stays open
     │   ├── EmptyAudio           empty_audio          400
@@ -56,6 +59,8 @@ sees a vendor exception.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class GatewayError(Exception):
     """Base of every error the gateway reports to a client.
@@ -70,6 +75,8 @@ class GatewayError(Exception):
     status = 500
     retry_after_s: float | None = None
     """When set, the HTTP answer carries ``Retry-After`` (s)."""
+    headers: ClassVar[dict[str, str]] = {}
+    """Other headers the HTTP answer carries."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -137,13 +144,28 @@ class InvalidResumeId(GatewayError):
     status = 400
 
 
+class Unauthorized(GatewayError):
+    """No credential, or one that is malformed, unknown, expired or badly signed (never which:
+    ``docs/api.md`` v2, "Who may call"). Answered with ``WWW-Authenticate: Bearer``."""
+
+    code = "unauthorized"
+    status = 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="stt-gateway"'}
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a valid API key or token is required: Authorization: Bearer <key or token>"
+        )
+
+
 class Forbidden(GatewayError):
-    """A request refused for where it comes from, whatever it asks (open mode's guards).
+    """A request refused whatever its credentials say.
 
     Args:
-        code: ``forbidden_origin`` (a foreign ``Origin``) or ``forbidden_host`` (a ``Host``
-            that is not a loopback name while bound to loopback: DNS rebinding).
-        message: what was refused and how an operator allows it.
+        code: ``forbidden`` (a valid credential, but not for this scope or session),
+            ``forbidden_origin`` (open mode: a foreign ``Origin``) or ``forbidden_host`` (open
+            mode bound to loopback: a ``Host`` that is not a loopback name, DNS rebinding).
+        message: what was refused (and, for the open-mode guards, how an operator allows it).
     """
 
     status = 403
@@ -151,6 +173,17 @@ class Forbidden(GatewayError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class RateLimited(GatewayError):
+    """A key past its sessions at once or its session creations per minute."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidConfig(GatewayError):

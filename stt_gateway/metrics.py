@@ -156,7 +156,29 @@ class _SessionCollector(Collector):
         for engine, total in sorted(audio.items()):
             seconds.add_metric([engine], total)
         yield seconds
+        yield from _key_metrics(self._sessions)
         yield from _second_pass_metrics(self._sessions)
+
+
+def _key_metrics(sessions: SessionRegistry) -> Iterator[Metric]:
+    """Live sessions and audio seconds by API key id (auth on; ids are configured, so the
+    label set is bounded)."""
+    live = GaugeMetricFamily(
+        "stt_key_sessions", "Live sessions by the API key that created them", labels=["key"]
+    )
+    for key, n in sorted(sessions.live_by_key.items()):
+        live.add_metric([key], n)
+    yield live
+    audio = dict(sessions.removed_audio_by_key)
+    for session in sessions.all():
+        if (owner := sessions.owners.get(session.id)) is not None:
+            audio[owner] = audio.get(owner, 0.0) + session.audio_seconds
+    seconds = CounterMetricFamily(
+        "stt_key_audio_seconds", "Seconds of audio received, by API key", labels=["key"]
+    )
+    for key, total in sorted(audio.items()):
+        seconds.add_metric([key], total)
+    yield seconds
 
 
 def _second_pass_metrics(sessions: SessionRegistry) -> Iterator[Metric]:

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .auth import Scope
+
 
 def _whole_number(value: Any) -> Any:
     """JSON Schema counts 300.0 as an integer; so do we. ``"300"`` stays refused."""
@@ -70,6 +72,14 @@ class CreateSessionBody(BaseModel):
     config: SessionConfig = SessionConfig()
 
 
+class SessionTokens(BaseModel):
+    """Tokens for one session, so a browser needs nothing else (``docs/api.md`` v2)."""
+
+    publish: str = Field(description="session:publish: audio, controls and DELETE")
+    read: str = Field(description="session:read: GET, transcript, SSE and WebSocket events")
+    expires_in: int = Field(description="s until both expire")
+
+
 class SessionCreated(BaseModel):
     """``201`` answer of ``POST /sessions``: where to send audio and read events."""
 
@@ -78,6 +88,31 @@ class SessionCreated(BaseModel):
     ws_url: str = Field(description="WebSocket path: audio in, events out")
     audio_url: str = Field(description="HTTP audio chunk path")
     config: SessionConfig = Field(description="the effective config, defaults filled in")
+    tokens: SessionTokens | None = Field(
+        None, description="with auth on: tokens scoped to this session (absent when auth is off)"
+    )
+
+
+class TokenRequest(BaseModel):
+    """``POST /tokens`` body (a key required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: list[Scope] = Field(min_length=1, description="what the token may do")
+    session_id: str | None = Field(
+        None, max_length=64, description="the session (required for session:* scopes)"
+    )
+    ttl_s: int = Field(60, ge=1, description="lifetime (s), at most token_max_ttl_s")
+
+
+class TokenIssued(BaseModel):
+    """``201`` answer of ``POST /tokens``."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="s")
+    scope: list[Scope]
+    session_id: str | None = None
 
 
 SessionState = Literal["created", "streaming", "closing", "closed"]

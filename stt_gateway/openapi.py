@@ -32,6 +32,8 @@ from .models import (
     SessionClosedBody,
     SessionCreated,
     SessionInfo,
+    TokenIssued,
+    TokenRequest,
     Transcript,
 )
 
@@ -66,6 +68,8 @@ _MODELS: list[type[BaseModel]] = [
     AudioAccepted,
     ErrorBody,
     ControlMessage,
+    TokenRequest,
+    TokenIssued,
     *_EVENTS,
 ]
 
@@ -85,9 +89,14 @@ def _error(description: str) -> dict[str, Any]:
 _SESSION_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _RESUME_ID = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _FORBIDDEN = _error(
-    "open mode: a foreign Origin (forbidden_origin) or, bound to loopback, a Host that is "
-    "not a loopback name (forbidden_host)"
+    "auth on: the credential does not allow this here (forbidden); open mode: a foreign "
+    "Origin (forbidden_origin) or, bound to loopback, a Host that is not a loopback name "
+    "(forbidden_host)"
 )
+_UNAUTHORIZED = _error(
+    "auth on: no credential, or one that is malformed, unknown, expired or badly signed"
+)
+_OPEN_PATHS = ("/health", "/ready", "/info", "/usage", "/openapi.json")
 _EVENT_STREAM = {
     "oneOf": [_ref(m) for m in _EVENTS],
     "discriminator": {"propertyName": "event_type"},
@@ -97,6 +106,21 @@ _EVENT_STREAM = {
 def _paths() -> dict[str, Any]:
     not_found = {"404": _error("no session with this id")}
     return {
+        "/tokens": {
+            "post": {
+                "summary": "Mint a short-lived token (an API key required)",
+                "operationId": "createToken",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(TokenRequest)}},
+                },
+                "responses": {
+                    "201": _json(TokenIssued, "the token and what it allows"),
+                    "404": _error("auth is off: there is nothing to mint"),
+                    "422": _error("a bad scope, session_id or ttl_s"),
+                },
+            }
+        },
         "/sessions": {
             "post": {
                 "summary": "Create a session",
@@ -268,11 +292,15 @@ def _paths() -> dict[str, Any]:
 
 
 def _with_forbidden(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation may answer 403: open mode's guards run before any route."""
-    for item in paths.values():
+    """Every operation may answer 403 (open mode's guards and credentials run before any
+    route); with auth on, every one outside the open paths needs a credential (401)."""
+    for path, item in paths.items():
         for method, operation in item.items():
             if method != "parameters":
                 operation["responses"].setdefault("403", _FORBIDDEN)
+                if path not in _OPEN_PATHS:
+                    operation["responses"].setdefault("401", _UNAUTHORIZED)
+                    operation["security"] = [{"bearer": []}, {}]
     return paths
 
 
@@ -304,5 +332,16 @@ def build_spec() -> dict[str, Any]:
             "interim and final transcripts out over SSE and WebSocket.",
         },
         "paths": _with_forbidden(_paths()),
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API key (id:secret's secret) or a token from POST "
+                    "/tokens; also ?access_token= or the WebSocket subprotocol pair "
+                    "bearer, <token>. Needed only when the gateway has keys.",
+                }
+            },
+        },
     }

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections import deque
 from functools import partial
 
 from .engines.base import EngineProvider
 from .engines.fallback import FallbackEngine
-from .errors import EngineUnavailable, InvalidConfig, SessionNotFound, TooManySessions
+from .errors import (
+    EngineUnavailable,
+    InvalidConfig,
+    RateLimited,
+    SessionNotFound,
+    TooManySessions,
+)
 from .metrics import GatewayMetrics
 from .models import SessionConfig
 from .session import Session, SessionLimits
@@ -46,6 +54,14 @@ class SessionRegistry:
         """Audio seconds of sessions already removed, by engine (metrics are counters)."""
         self._live = 0
         self._removals: dict[str, asyncio.TimerHandle] = {}
+        self.owners: dict[str, str] = {}
+        """Session id → id of the API key that created it (auth on)."""
+        self.live_by_key: dict[str, int] = {}
+        """Live sessions by API key id."""
+        self.removed_audio_by_key: dict[str, float] = {}
+        """Audio seconds of removed sessions, by API key id (metrics are counters)."""
+        # Monotonic times of each key's latest creations, at most a minute's allowance each.
+        self._creations: dict[str, deque[float]] = {}
         s = settings
         self._limits = SessionLimits(
             max_chunk_bytes=s.max_chunk_bytes,
@@ -129,11 +145,18 @@ class SessionRegistry:
             raise InvalidConfig(f"fallback_engine: {exc.message}") from None
         return provider, config
 
-    async def create(self, config: SessionConfig) -> Session:
+    async def create(self, config: SessionConfig, owner: str | None = None) -> Session:
         """Create and start a session.
+
+        Args:
+            config: as the client sent it.
+            owner: id of the API key creating it (auth on): its own limits apply and the
+                session counts against it.
 
         Raises:
             TooManySessions: ``max_sessions`` live sessions already exist.
+            RateLimited: ``owner`` holds ``key_max_sessions`` live sessions, or created
+                ``key_sessions_per_minute`` within the last minute.
             InvalidConfig, EngineUnavailable: see :meth:`resolve`.
             EngineError: the engine failed to start.
         """
@@ -142,6 +165,8 @@ class SessionRegistry:
                 f"the gateway holds its limit of {self._settings.max_sessions} live sessions; "
                 f"close one or try again later"
             )
+        if owner is not None:
+            self._check_key_limits(owner)
         provider, resolved = self.resolve(config)
         engine = provider.create(resolved)
         if resolved.fallback_engine not in (None, NO_FALLBACK):
@@ -165,6 +190,10 @@ class SessionRegistry:
             self._live -= 1
             raise
         self._sessions[session.id] = session
+        if owner is not None:
+            self.owners[session.id] = owner
+            self.live_by_key[owner] = self.live_by_key.get(owner, 0) + 1
+            self._creations[owner].append(time.monotonic())
         log.info(
             "session created id=%s engine=%s language=%s sample_rate=%d",
             session.id,
@@ -190,8 +219,26 @@ class SessionRegistry:
         """Sessions not yet closed."""
         return self._live
 
+    def _check_key_limits(self, owner: str) -> None:
+        """Raises RateLimited when ``owner`` may not create a session now."""
+        limit = self._settings.key_max_sessions
+        if limit is not None and self.live_by_key.get(owner, 0) >= limit:
+            raise RateLimited(
+                f"API key {owner!r} holds its limit of {limit} live sessions; close one first",
+                retry_after_s=5.0,
+            )
+        per_minute = self._settings.key_sessions_per_minute
+        recent = self._creations.setdefault(owner, deque(maxlen=per_minute))
+        if len(recent) == per_minute and (age := time.monotonic() - recent[0]) < 60.0:
+            raise RateLimited(
+                f"API key {owner!r} created its limit of {per_minute} sessions within a minute",
+                retry_after_s=60.0 - age,
+            )
+
     def _closed(self, session: Session) -> None:
         self._live -= 1
+        if (owner := self.owners.get(session.id)) is not None:
+            self.live_by_key[owner] -= 1
         self._removals[session.id] = asyncio.get_running_loop().call_later(
             self._settings.retention_s, self._remove, session.id
         )
@@ -204,6 +251,10 @@ class SessionRegistry:
             self.removed_audio_seconds[engine] = (
                 self.removed_audio_seconds.get(engine, 0.0) + session.audio_seconds
             )
+            if (owner := self.owners.pop(session_id, None)) is not None:
+                self.removed_audio_by_key[owner] = (
+                    self.removed_audio_by_key.get(owner, 0.0) + session.audio_seconds
+                )
 
     def all(self) -> list[Session]:
         """Every session held (live, and closed ones within their retention time)."""

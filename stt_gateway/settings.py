@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
+from .auth import ApiKey, parse_keys
 from .models import EngineName
 
 CommaList = Annotated[list[str], NoDecode]
@@ -32,6 +33,30 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
     log_level: str = Field("INFO", description="logging level name")
 
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys as id:secret, comma-separated; any key turns auth on (the id "
+        "names the key in logs and metrics; the secret is never shown)",
+    )
+    no_auth: bool = Field(
+        False,
+        description="serve without keys on a non-loopback address (protected mode refuses "
+        "to start otherwise)",
+    )
+    token_secret: SecretStr | None = Field(
+        None,
+        description="HS256 secret signing tokens; unset: random per process (tokens die with it)",
+    )
+    token_max_ttl_s: int = Field(3600, ge=1, description="longest token POST /tokens mints (s)")
+    session_token_ttl_s: int = Field(
+        3600, ge=1, description="life of the publish/read tokens POST /sessions returns (s)"
+    )
+    key_max_sessions: int | None = Field(
+        None, ge=1, description="live sessions one key may hold at once (unset: no own limit)"
+    )
+    key_sessions_per_minute: int = Field(
+        120, ge=1, description="sessions one key may create per minute"
+    )
     cors_origins: CommaList = Field(
         default_factory=list,
         description="origins (scheme://host[:port], comma-separated) allowed to call the "
@@ -268,6 +293,34 @@ class Settings(BaseSettings):
             origins.append(str(url.origin()))
         return origins
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        """``ci:s3cret,web:…`` → the items, each checked to be ``id:secret``.
+
+        Raises:
+            ValueError: an item that is not ``id:secret``, or an id given twice (the message
+                names neither secret).
+        """
+        items = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in _split(value)]
+        parse_keys(items)
+        return items
+
+    @field_validator("token_secret")
+    @classmethod
+    def _token_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """At least 32 characters: HS256 wants a key as long as its hash (RFC 7518 §3.2).
+
+        Raises:
+            ValueError: shorter.
+        """
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "use at least 32 characters (e.g. from python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, value: object) -> object:
@@ -279,6 +332,22 @@ class Settings(BaseSettings):
         chunk gets our 413 with a message rather than aiohttp's bare one (base64 in JSON is
         4/3 of the bytes, plus room for the JSON around it)."""
         return self.max_chunk_bytes * 4 // 3 + 64 * 1024
+
+    def keys(self) -> list[ApiKey]:
+        """The configured API keys (empty: auth off)."""
+        return parse_keys([k.get_secret_value() for k in self.api_keys])
+
+    def protected_mode_refusal(self) -> str | None:
+        """Why the gateway must not start as configured (``docs/api.md`` v2: no key, a
+        non-loopback address, no ``--no-auth``), or None."""
+        if self.api_keys or self.no_auth or self.loopback_bound:
+            return None
+        return (
+            f"refusing to serve {self.host} without authentication: anyone who reaches it "
+            f"could open sessions and read them. Set STT_GATEWAY_API_KEYS=id:secret (and give "
+            f"clients the secret), or pass --no-auth (STT_GATEWAY_NO_AUTH=true) if the "
+            f"network in front of it does the checking"
+        )
 
     @property
     def loopback_bound(self) -> bool:

@@ -84,3 +84,58 @@ async def test_serve_with_bad_settings_exits_2_with_one_line_per_setting() -> No
     assert len(lines) == 2, err
     assert any(line.startswith("stt-gateway: STT_GATEWAY_MAX_SESSIONS: ") for line in lines)
     assert any("STT_GATEWAY_CORS_ORIGINS" in line and "'evil'" in line for line in lines)
+
+
+async def serve_until_logged(args: list[str], env: dict[str, str], wanted: str) -> str:
+    """Start ``stt-gateway serve``; return its log once a line holds ``wanted``; stop it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stt_gateway",
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env=os.environ | env,
+    )
+    assert proc.stderr is not None
+    log = ""
+    try:
+        async with asyncio.timeout(60):
+            while wanted not in log:
+                line = await proc.stderr.readline()
+                assert line, f"the gateway exited ({await proc.wait()}): {log}"
+                log += line.decode()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    return log
+
+
+async def test_protected_mode_refuses_a_public_address_without_a_key() -> None:
+    code, _, err = await run_cli("--host", "0.0.0.0", "--port", "0")
+    assert code == 2
+    assert "Traceback" not in err
+    assert "STT_GATEWAY_API_KEYS" in err
+    assert "--no-auth" in err
+    assert "Running on" not in err  # refused before binding
+
+    log = await serve_until_logged(
+        ["--host", "0.0.0.0", "--port", "0", "--no-auth"], {}, "Running on"
+    )
+    assert "auth off (--no-auth)" in log
+
+    secret = "s3cret-never-logged"
+    log = await serve_until_logged(
+        ["--host", "0.0.0.0", "--port", "0"],
+        {"STT_GATEWAY_API_KEYS": f"ops:{secret},ci:other-{secret}"},
+        "Running on",
+    )
+    assert "auth on: 2 API key(s) (ops, ci)" in log
+    assert secret not in log
+
+
+async def test_a_malformed_key_setting_names_the_variable_not_the_secret() -> None:
+    code, _, err = await run_cli("--port", "0", env={"STT_GATEWAY_API_KEYS": "no-colon-secret"})
+    assert code == 2
+    assert "STT_GATEWAY_API_KEYS" in err
+    assert "id:secret" in err
+    assert "no-colon-secret" not in err

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..auth import OPEN, Authenticator, Principal, Scope
 from ..engines.workers import WorkerPool
 from ..errors import BadRequestBody, ChunkTooLarge, GatewayError, InvalidResumeId
 from ..metrics import GatewayMetrics
@@ -22,14 +23,25 @@ SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 WORKERS = web.AppKey("workers", WorkerPool)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+AUTH = web.AppKey("auth", Authenticator)
+"""Present only when auth is on (at least one API key)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Request key of the caller's :class:`~stt_gateway.auth.Principal` (set by the auth
+middleware; absent when auth is off, which allows everything)."""
 
-def model_response(model: BaseModel, status: int = 200) -> web.Response:
-    """A JSON response of a pydantic model (serialised by pydantic, not ``json.dumps``)."""
+
+def model_response(
+    model: BaseModel, status: int = 200, exclude: set[str] | None = None
+) -> web.Response:
+    """A JSON response of a pydantic model (serialised by pydantic, not ``json.dumps``),
+    without the fields in ``exclude``."""
     return web.Response(
-        status=status, text=model.model_dump_json(), content_type="application/json"
+        status=status,
+        text=model.model_dump_json(exclude=exclude),
+        content_type="application/json",
     )
 
 
@@ -68,7 +80,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as exc:
         request.app[METRICS].error(exc.code)
-        return error_response(exc.status, exc.code, exc.message, exc.retry_after_s)
+        return error_response(
+            exc.status, exc.code, exc.message, exc.retry_after_s, headers=exc.headers
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -80,9 +94,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, code, message, headers=kept)
 
 
-def session_of(request: web.Request) -> Session:
-    """The session named by the ``{id}`` path segment. Raises SessionNotFound."""
-    return request.app[REGISTRY].get(request.match_info["id"])
+def session_of(request: web.Request, *scopes: Scope) -> Session:
+    """The session named by the ``{id}`` path segment, if the caller holds one of ``scopes``
+    for it — the one authorization check of every per-session route.
+
+    Checked before the session is looked up, so a credential for another session learns
+    nothing of this one, not even whether it exists.
+
+    Raises:
+        Forbidden: the caller's credential holds none of ``scopes`` for this session.
+        SessionNotFound: no such session.
+    """
+    session_id = request.match_info["id"]
+    caller(request).require_any(scopes, session_id)
+    return request.app[REGISTRY].get(session_id)
+
+
+def caller(request: web.Request) -> Principal:
+    """Who sent ``request`` (everything allowed when auth is off)."""
+    found: Principal = request.get(PRINCIPAL, OPEN)
+    return found
 
 
 def bound_send_buffer(request: web.Request, size: int) -> None:

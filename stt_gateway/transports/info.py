@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
 from ..openapi import build_spec
-from .common import METRICS, REGISTRY, SETTINGS, WORKERS
+from .common import METRICS, REGISTRY, SETTINGS, WORKERS, caller
 
 routes = web.RouteTableDef()
 
@@ -57,10 +57,18 @@ async def info(request: web.Request) -> web.Response:
                 "idle_timeout_s": s.idle_timeout_s,
                 "replay_events": s.replay_events,
                 "subscriber_queue": s.subscriber_queue,
+                "key_max_sessions": s.key_max_sessions,
+                "key_sessions_per_minute": s.key_sessions_per_minute,
+                "token_max_ttl_s": s.token_max_ttl_s,
                 "encodings": ["linear16"],
                 "sample_rate_hz": {"min": 8000, "max": 96000},
             },
             "sessions": {"live": registry.live_count},
+            # Whether callers need a credential, never which: no key id or secret here.
+            "auth": {
+                "mode": "keys" if s.api_keys else ("off" if s.no_auth else "open"),
+                "cors_origins": s.cors_origins,
+            },
         }
     )
 
@@ -78,7 +86,9 @@ def _spec() -> dict[str, Any]:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of the gateway's metrics (see stt_gateway.metrics)."""
+    """Prometheus text exposition of the gateway's metrics (see stt_gateway.metrics); an API
+    key (not a token) when auth is on."""
+    caller(request).require_key()
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

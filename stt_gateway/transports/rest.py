@@ -7,8 +7,25 @@ from pydantic import ValidationError
 
 from ..audio import decode_base64, duration_ms
 from ..errors import BadRequestBody, ChunkTooLarge, InvalidConfig, UnsupportedMediaType
-from ..models import AudioAccepted, AudioBody, CreateSessionBody, SessionClosedBody, SessionCreated
-from .common import REGISTRY, SETTINGS, model_response, session_of, validation_message
+from ..models import (
+    AudioAccepted,
+    AudioBody,
+    CreateSessionBody,
+    SessionClosedBody,
+    SessionCreated,
+    SessionTokens,
+    TokenIssued,
+    TokenRequest,
+)
+from .common import (
+    AUTH,
+    REGISTRY,
+    SETTINGS,
+    caller,
+    model_response,
+    session_of,
+    validation_message,
+)
 
 routes = web.RouteTableDef()
 
@@ -18,13 +35,26 @@ _JSON_OVERHEAD_BYTES = 1024
 
 @routes.post("/sessions")
 async def create_session(request: web.Request) -> web.Response:
-    """``POST /sessions`` → 201 :class:`SessionCreated`; 422 invalid config."""
+    """``POST /sessions`` → 201 :class:`SessionCreated` (with auth on, with publish and read
+    tokens for the new session); 401/403 (``sessions:create``), 422 invalid config, 429
+    ``rate_limited`` (the key's limits), 503 ``too_many_sessions``."""
+    who = caller(request)
+    who.require_any(("sessions:create",))
     raw = await request.read()
     try:
         body = CreateSessionBody.model_validate_json(raw) if raw.strip() else CreateSessionBody()
     except ValidationError as exc:
         raise InvalidConfig(validation_message(exc)) from None
-    session = await request.app[REGISTRY].create(body.config)
+    session = await request.app[REGISTRY].create(body.config, owner=who.key_id)
+    tokens = None
+    if (auth := request.app.get(AUTH)) is not None:
+        settings = request.app[SETTINGS]
+        ttl_s = min(settings.session_token_ttl_s, settings.token_max_ttl_s)
+        publish = auth.mint(who.as_minter(), ["session:publish"], session.id, ttl_s)
+        read = auth.mint(who.as_minter(), ["session:read"], session.id, ttl_s)
+        tokens = SessionTokens(
+            publish=publish.access_token, read=read.access_token, expires_in=ttl_s
+        )
     base = request.url.with_query(None).with_fragment(None)
     path = f"/sessions/{session.id}"
     ws_scheme = "wss" if base.scheme == "https" else "ws"
@@ -34,20 +64,47 @@ async def create_session(request: web.Request) -> web.Response:
         ws_url=str(base.with_scheme(ws_scheme).with_path(f"{path}/ws")),
         audio_url=str(base.with_path(f"{path}/audio")),
         config=session.config,
+        tokens=tokens,
     )
-    return model_response(created, status=201)
+    # No "tokens" key at all with auth off: its absence says so.
+    return model_response(created, status=201, exclude=None if tokens else {"tokens"})
+
+
+@routes.post("/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    """``POST /tokens`` (a key, not a token) → 201 :class:`TokenIssued`; 401, 403, 404 when
+    auth is off (there is nothing to mint), 422 a bad scope, session or ``ttl_s``."""
+    auth = request.app.get(AUTH)
+    if auth is None:
+        raise web.HTTPNotFound(text="auth is off: no API key is configured, so no token is needed")
+    who = caller(request)
+    who.require_key()
+    try:
+        body = TokenRequest.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise InvalidConfig(validation_message(exc)) from None
+    issued = auth.mint(who, body.scope, body.session_id, body.ttl_s)
+    return model_response(
+        TokenIssued(
+            access_token=issued.access_token,
+            expires_in=issued.expires_in,
+            scope=issued.scope,
+            session_id=issued.session_id,
+        ),
+        status=201,
+    )
 
 
 @routes.get("/sessions/{id}")
 async def get_session(request: web.Request) -> web.Response:
     """``GET /sessions/{id}`` → :class:`~stt_gateway.models.SessionInfo`; 404."""
-    return model_response(session_of(request).info())
+    return model_response(session_of(request, "session:read").info())
 
 
 @routes.delete("/sessions/{id}")
 async def delete_session(request: web.Request) -> web.Response:
     """``DELETE /sessions/{id}``: flush, last finals, ``session_end``; idempotent; 404."""
-    session = session_of(request)
+    session = session_of(request, "session:publish")
     transcript = await session.close()
     return model_response(SessionClosedBody(session_id=session.id, transcript=transcript.text))
 
@@ -55,7 +112,7 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.get("/sessions/{id}/transcript")
 async def get_transcript(request: web.Request) -> web.Response:
     """``GET /sessions/{id}/transcript`` → every final so far; 404."""
-    return model_response(session_of(request).transcript())
+    return model_response(session_of(request, "session:read").transcript())
 
 
 @routes.post("/sessions/{id}/audio")
@@ -66,7 +123,7 @@ async def post_audio(request: web.Request) -> web.Response:
     409 closed session or another connection producing, 413 oversized chunk, 415 other
     content types, 429 the engine is ``max_audio_lead_s`` behind (with ``Retry-After``).
     """
-    session = session_of(request)
+    session = session_of(request, "session:publish")
     limit = request.app[SETTINGS].max_chunk_bytes
     ctype = request.content_type
     if ctype == "application/json":

@@ -24,7 +24,7 @@ routes = web.RouteTableDef()
 @routes.get("/sessions/{id}/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
     """Stream the session's events; 404 unknown session, 400 ``invalid_resume_id``."""
-    session = session_of(request)
+    session = session_of(request, "session:read")
     settings = request.app[SETTINGS]
     since = resume_id_param(
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id"),

@@ -27,16 +27,18 @@ from collections import deque
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
-from ..errors import BadControlMessage, BadRequestBody, GatewayError
+from ..errors import BadControlMessage, BadRequestBody, Forbidden, GatewayError
 from ..eventlog import Subscription
 from ..events import ErrorData, make_event
 from ..models import ControlMessage
 from ..session import Session
+from .auth import WS_PROTOCOLS
 from .common import (
     METRICS,
     SETTINGS,
     bool_param,
     bound_send_buffer,
+    caller,
     resume_id_param,
     session_of,
     validation_message,
@@ -51,19 +53,28 @@ _BAD_FRAME_WINDOW_S = 60.0
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Upgrade and serve one session socket.
 
-    Answers before the upgrade: 404 unknown session, 400 ``invalid_resume_id`` (``since``) or
-    ``bad_request`` (``events``), 503 ``too_many_subscribers``.
+    Answers before the upgrade: 401/403 (credentials: ``session:publish`` or ``session:read``
+    for this session; ``session:publish`` with ``events=false``), 404 unknown session, 400
+    ``invalid_resume_id`` (``since``) or ``bad_request`` (``events``), 503
+    ``too_many_subscribers``. A socket whose credential can only read gets ``error``
+    ``forbidden`` for each audio or control frame (to it alone; they count as bad frames).
     """
-    session = session_of(request)
+    events = bool_param(request.query.get("events"), "events", default=True)
+    if events:
+        session = session_of(request, "session:publish", "session:read")
+    else:
+        session = session_of(request, "session:publish")
+    may_publish = caller(request).allows("session:publish", session.id)
     settings = request.app[SETTINGS]
     since = resume_id_param(request.query.get("since"), "since")
-    events = bool_param(request.query.get("events"), "events", default=True)
     if not events and since is not None:
         raise BadRequestBody("since replays events: it cannot go with events=false")
     # Frames over the chunk limit but under 4x get an error event; beyond that aiohttp closes
     # the socket with 1009 rather than buffer an unbounded frame.
     ws = web.WebSocketResponse(
-        heartbeat=settings.ws_ping_s, max_msg_size=4 * settings.max_chunk_bytes
+        heartbeat=settings.ws_ping_s,
+        max_msg_size=4 * settings.max_chunk_bytes,
+        protocols=WS_PROTOCOLS,  # a credential sent as a subprotocol pair: select its scheme
     )
     # Subscribed before the upgrade: 503 too_many_subscribers is an HTTP answer.
     sub = session.subscribe(since) if events else None
@@ -87,6 +98,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         async for msg in ws:
             try:
+                if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) and not may_publish:
+                    raise Forbidden(
+                        "forbidden", "this socket's credential may read the session, not feed it"
+                    )
                 if msg.type == WSMsgType.BINARY:
                     await session.feed(msg.data, producer=ws)
                 elif msg.type == WSMsgType.TEXT:
