@@ -1,5 +1,10 @@
 // The mic page: capture → PCM16 frames over the session WebSocket; results over EventSource.
 // With ?follow=<session_id> it is a read-only view of that session's events.
+// With auth on (/info says so) it needs a credential once: a key typed into the page (kept in
+// sessionStorage, never in a URL) or a token from the URL fragment (#token=…, which browsers
+// never send to the server). Each session then uses its own tokens from POST /sessions: the
+// publish token on the WebSocket (as a subprotocol: browsers cannot set headers there), the
+// read token on the EventSource (as ?access_token=) and in the follow link's fragment.
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -7,7 +12,9 @@ const ui = {
   start: $("start"), stop: $("stop"), activity: $("activity"), level: $("level"),
   finals: $("finals"), interim: $("interim"), ttft: $("ttft"), follow: $("follow"),
   copy: $("copy"), download: $("download"), controls: $("controls"), modeLine: $("mode-line"),
+  auth: $("auth"), apiKey: $("api-key"),
 };
+const CREDENTIAL = "stt-gateway-credential";
 
 let engines = {};
 let live = null; // {sessionId, ws, es, ctx, stream, node, pending, captureStart}
@@ -71,18 +78,73 @@ function onEvent(ev) {
   }
 }
 
-function listen(sessionId) {
-  const es = new EventSource(`/sessions/${encodeURIComponent(sessionId)}/stream`);
+function listen(sessionId, readToken) {
+  const path = `/sessions/${encodeURIComponent(sessionId)}`;
+  const query = readToken ? `?access_token=${encodeURIComponent(readToken)}` : "";
+  const es = new EventSource(`${path}/stream${query}`);
   es.onmessage = (m) => {
     const ev = JSON.parse(m.data);
     onEvent(ev);
     if (ev.event_type === "session_end") { es.close(); finish(); }
   };
   es.onerror = () => {
-    if (es.readyState === EventSource.CLOSED) say("Lost the event stream from the gateway.");
-    // Otherwise the browser reconnects by itself, sending Last-Event-ID: nothing is missed.
+    // A closed EventSource was refused or lost; an open one reconnects by itself, sending
+    // Last-Event-ID: nothing is missed. EventSource hides the status, so ask for it.
+    if (es.readyState === EventSource.CLOSED) explainLostStream(path, readToken);
   };
   return es;
+}
+
+async function explainLostStream(path, readToken) {
+  let status = 0;
+  try {
+    const headers = readToken ? { Authorization: `Bearer ${readToken}` } : {};
+    status = (await fetch(path, { headers })).status;
+  } catch { /* unreachable: status 0 */ }
+  if (status === 401 || status === 403) {
+    warn("Not allowed: this link carries no valid read token for the session (or it has " +
+         "expired). Ask whoever shared it for a new follow link.");
+    say("Not allowed to follow this session.");
+  } else if (status === 404) {
+    say("There is no such session (it may have ended long ago).");
+  } else {
+    say("Lost the event stream from the gateway.");
+  }
+}
+
+// -- credentials ---------------------------------------------------------------------------
+
+function credential() { return sessionStorage.getItem(CREDENTIAL); }
+
+function authHeaders() {
+  const c = credential();
+  return c ? { Authorization: `Bearer ${c}` } : {};
+}
+
+function askForKey(message) {
+  sessionStorage.removeItem(CREDENTIAL);
+  ui.auth.hidden = false;
+  if (message) warn(message);
+  ui.apiKey.focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  const key = ui.apiKey.value.trim();
+  if (!key) return;
+  sessionStorage.setItem(CREDENTIAL, key);
+  ui.apiKey.value = "";
+  ui.auth.hidden = true;
+  clearWarning();
+  say("Key set for this tab. Press Start.");
+}
+
+/** A token handed over in the URL fragment (#token=…): kept for this tab, then removed from
+ * the address bar so it is not copied along with the link. */
+function tokenFromFragment() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (token) history.replaceState(null, "", location.pathname + location.search);
+  return token;
 }
 
 // -- engine and language choices -----------------------------------------------------------
@@ -104,6 +166,7 @@ async function loadInfo() {
     ui.start.disabled = true;
     return;
   }
+  if (info.auth && info.auth.mode === "keys" && !credential()) askForKey();
   engines = Object.fromEntries(Object.entries(info.engines).filter(([, e]) => e.available));
   ui.engine.replaceChildren(...Object.keys(engines).map((name) => new Option(name, name)));
   ui.engine.value = info.default_engine in engines ? info.default_engine : Object.keys(engines)[0];
@@ -132,13 +195,17 @@ async function openSession(sampleRate) {
   let resp;
   try {
     resp = await fetch("/sessions", {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ config }),
     });
   } catch (err) {
     throw new Error("The gateway is unreachable: check that stt-gateway is running.");
   }
   const body = await resp.json();
+  if (resp.status === 401) {
+    askForKey();
+    throw new Error("The gateway did not accept this key or token: enter a valid API key.");
+  }
   if (!resp.ok) throw new Error(`${body.error.message} (${body.error.code})`);
   return body;
 }
@@ -197,8 +264,10 @@ async function start() {
   shown.interimStart = null;
   shown.speechStart = null;
   ui.ttft.textContent = "";
-  session.es = listen(created.session_id);
-  const ws = new WebSocket(created.ws_url.replace(/^wss?:\/\/[^/]+/, wsOrigin()));
+  const tokens = created.tokens; // present only with auth on
+  session.es = listen(created.session_id, tokens && tokens.read);
+  const wsUrl = created.ws_url.replace(/^wss?:\/\/[^/]+/, wsOrigin());
+  const ws = tokens ? new WebSocket(wsUrl, ["bearer", tokens.publish]) : new WebSocket(wsUrl);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     for (const pcm of session.pending) ws.send(pcm);
@@ -206,7 +275,8 @@ async function start() {
   };
   ws.onclose = () => { if (live === session) say("The audio connection closed."); };
   session.ws = ws;
-  const link = `${location.origin}/?follow=${encodeURIComponent(created.session_id)}`;
+  const readOnly = tokens ? `#token=${encodeURIComponent(tokens.read)}` : "";
+  const link = `${location.origin}/?follow=${encodeURIComponent(created.session_id)}${readOnly}`;
   ui.follow.innerHTML = "";
   const a = Object.assign(document.createElement("a"), { href: link, target: "_blank", id: "follow-link" });
   a.textContent = "Follow this session (read-only) in another tab or device";
@@ -264,11 +334,11 @@ function downloadTranscript() {
 
 // -- start-up --------------------------------------------------------------------------------
 
-function followView(sessionId) {
+function followView(sessionId, readToken) {
   ui.controls.hidden = true;
   ui.modeLine.textContent = `Following session ${sessionId} (read-only).`;
   say("Waiting for events…");
-  listen(sessionId);
+  listen(sessionId, readToken);
 }
 
 function init() {
@@ -277,11 +347,14 @@ function init() {
   ui.stop.addEventListener("click", stop);
   ui.copy.addEventListener("click", copyTranscript);
   ui.download.addEventListener("click", downloadTranscript);
+  ui.auth.addEventListener("submit", useKey);
+  const token = tokenFromFragment();
   const follow = new URLSearchParams(location.search).get("follow");
   if (follow) {
-    followView(follow);
+    followView(follow, token);
     return;
   }
+  if (token) sessionStorage.setItem(CREDENTIAL, token); // e.g. a sessions:create link
   if (!window.isSecureContext) {
     warn("The microphone only works in a secure context, and this page is plain HTTP on " +
          `<strong>${location.hostname}</strong>. Open it as <code>http://localhost:${location.port || 80}/</code> ` +

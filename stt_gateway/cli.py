@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from . import __version__
 from .app import create_app
-from .client import follow_session, stream_file
+from .auth import SCOPES
+from .client import follow_session, mint_token, stream_file
 from .settings import Settings
 
-COMMANDS = ("serve", "stream", "follow")
+COMMANDS = ("serve", "stream", "follow", "token")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=("local", "whisper", "deepgram"),
         help="engine of sessions that name none (default local)",
     )
+
+    token = sub.add_parser(
+        "token", help="mint a token from a gateway (a key needed) and print it and a page link"
+    )
+    token.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
+    token.add_argument(
+        "--api-key",
+        default=os.environ.get("STT_GATEWAY_API_KEY"),
+        help="API key (default: STT_GATEWAY_API_KEY)",
+    )
+    token.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help="what the token may do (repeatable; default sessions:create)",
+    )
+    token.add_argument("--session-id", help="the session a session:* scope is for")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime (s)")
 
     for name, what in (
         ("stream", "stream a WAV or raw PCM16 file to a gateway"),
@@ -109,6 +128,18 @@ def main(argv: list[str] | None = None) -> None:
                     raw_rate=args.rate,
                     config=config,
                     api_key=args.api_key,
+                )
+            )
+        )
+    if args.command == "token":
+        sys.exit(
+            asyncio.run(
+                mint_token(
+                    args.url.rstrip("/"),
+                    args.api_key,
+                    args.scope or ["sessions:create"],
+                    args.session_id,
+                    args.ttl,
                 )
             )
         )

@@ -188,3 +188,30 @@ async def follow_session(
             await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
     print("lost the session's stream; gave up reconnecting", file=sys.stderr)
     return 1
+
+
+async def mint_token(
+    url: str, api_key: str | None, scopes: list[str], session_id: str | None, ttl_s: int
+) -> int:
+    """Ask the gateway at ``url`` for a token (``POST /tokens`` with ``api_key``); print it,
+    then a mic-page link carrying it in the fragment (a ``sessions:create`` token) or a
+    follow link (a ``session:read`` token). Returns the exit status."""
+    body: dict[str, Any] = {"scope": scopes, "ttl_s": ttl_s}
+    if session_id:
+        body["session_id"] = session_id
+    async with (
+        aiohttp.ClientSession(headers=auth_headers(api_key)) as http,
+        http.post(f"{url}/tokens", json=body) as resp,
+    ):
+        answer = await resp.json()
+    if resp.status != 201:
+        print(f"cannot mint a token: {answer['error']['message']}", file=sys.stderr)
+        return 2
+    token = answer["access_token"]
+    print(token)
+    if "sessions:create" in scopes:
+        print(f"{url}/#token={token}")
+    elif "session:read" in scopes and session_id:
+        print(f"{url}/?follow={session_id}#token={token}")
+    print(f"expires in {answer['expires_in']} s", file=sys.stderr)
+    return 0

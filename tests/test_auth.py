@@ -11,9 +11,10 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.audio_files import clip
+from tests.audio_files import AUDIO_DIR, clip
 from tests.conftest import Gateway, StartGateway, direct_finals
 from tests.gateway_client import Received, follow_sse, frames, paced
+from tests.test_cli import run_cli
 
 KEY = "ci-secret-0123456789abcdef"
 OTHER_KEY = "other-secret-fedcba9876543210"
@@ -385,3 +386,29 @@ async def test_post_sessions_gives_tokens_only_with_auth_on(
         assert resp.status == 404
     async with http.get(f"{gateway.base}/info") as resp:
         assert (await resp.json())["auth"]["mode"] == "open"
+
+
+async def test_cli_mints_a_link_and_streams_with_a_key(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gw = await auth_gateway(start_gateway)
+    code, out, err = await run_cli("token", "--url", gw.base, "--api-key", KEY, "--ttl", "600")
+    assert code == 0, err
+    token, link = out.split()
+    assert link == f"{gw.base}/#token={token}"
+    made = await create(http, gw, token)  # a sessions:create token creates sessions
+    assert made["tokens"]["read"] != token
+
+    code, _, err = await run_cli("token", "--url", gw.base, "--api-key", "wrong")
+    assert code == 2
+    assert "cannot mint a token" in err
+
+    wav = AUDIO_DIR / "goforward.wav"
+    code, out, err = await run_cli("stream", str(wav), "--fast", "--url", gw.base)
+    assert code == 2
+    assert "cannot create a session" in err
+    code, out, err = await run_cli(
+        "stream", str(wav), "--fast", "--url", gw.base, env={"STT_GATEWAY_API_KEY": KEY}
+    )
+    assert code == 0, err
+    assert out.strip()

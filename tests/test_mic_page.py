@@ -272,3 +272,48 @@ async def _enumerate(items: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, by
     async for item in items:
         yield i, item
         i += 1
+
+
+async def test_mic_page_with_auth_asks_for_a_key_once_and_shares_a_read_only_follow_link(
+    start_gateway: StartGateway, launch: Launch, tmp_path: Path
+) -> None:
+    key = "page-test-key-0123456789"
+    gw = await start_gateway(api_keys=[f"ci:{key}"])
+    c = clip("librivox-sns-0920")
+    wav = tmp_path / "one.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(c.pcm + b"\0\0" * 16_000)
+    browser = await launch(*FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
+    page = await open_page(browser, gw.base + "/")
+    await page.wait_for_selector("#auth:not([hidden])")
+    await page.fill("#api-key", key)
+    await page.click("#use-key")
+    assert await page.is_hidden("#auth")
+    await page.click("#start")
+    await page.wait_for_selector("#follow-link")
+    follow_url = await page.get_attribute("#follow-link", "href")
+    assert follow_url is not None
+    assert "#token=" in follow_url
+    assert key not in follow_url
+    assert key not in page.url
+
+    follower = await (await launch()).new_page()  # another browser: no key of its own
+    await follower.goto(follow_url)
+    assert "token=" not in follower.url  # taken from the address bar once read
+    stranger = await (await launch()).new_page()
+    await stranger.goto(follow_url.split("#", 1)[0])  # the link without its token
+
+    await page.wait_for_timeout(int((len(c.pcm) / 32_000 + 1.5) * 1000))
+    await page.click("#stop")
+    await ended(page)
+    await ended(follower)
+    on_page = (await page.text_content("#finals")) or ""
+    assert on_page
+    assert await follower.text_content("#finals") == on_page
+    assert wer(c.reference, on_page) <= 0.5
+    await stranger.wait_for_selector("#notice:not([hidden])")
+    assert "Not allowed" in ((await stranger.text_content("#notice")) or "")
+    assert await stranger.text_content("#finals") == ""
