@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.audio_files import clip, clips, spoken_wer, wer
-from tests.conftest import Gateway, StartGateway
+from tests.conftest import Gateway, ServerFactory, StartGateway
 from tests.gateway_client import create_session, frames, paced
 from tests.tcp_proxy import CuttableProxy
 
@@ -317,3 +317,33 @@ async def test_mic_page_with_auth_asks_for_a_key_once_and_shares_a_read_only_fol
     await stranger.wait_for_selector("#notice:not([hidden])")
     assert "Not allowed" in ((await stranger.text_content("#notice")) or "")
     assert await stranger.text_content("#finals") == ""
+
+
+async def test_cors_lets_a_listed_origins_page_call_the_gateway_and_blocks_others(
+    start_gateway: StartGateway, launch: Launch, aiohttp_server: ServerFactory
+) -> None:
+    from aiohttp import web
+
+    async def home(_: web.Request) -> web.Response:
+        return web.Response(text="<p>another app</p>", content_type="text/html")
+
+    site = web.Application()
+    site.router.add_get("/", home)
+    page_server = await aiohttp_server(site, host="127.0.0.2")  # another origin, on loopback
+    origin = f"http://127.0.0.2:{page_server.port}"
+    key = "cors-test-key-0123456789"
+    listed = await start_gateway(api_keys=[f"ci:{key}"], cors_origins=[origin])
+    unlisted = await start_gateway(api_keys=[f"ci:{key}"])
+    page = await (await launch()).new_page()
+    await page.goto(origin + "/")
+    call = """async ([base, key]) => {
+        try {
+            const resp = await fetch(base + "/sessions", {
+                method: "POST", body: "{}",
+                headers: { "Authorization": "Bearer " + key, "Content-Type": "application/json" },
+            });
+            return String(resp.status);
+        } catch (err) { return "blocked"; }
+    }"""
+    assert await page.evaluate(call, [listed.base, key]) == "201"  # after its preflight
+    assert await page.evaluate(call, [unlisted.base, key]) == "blocked"
