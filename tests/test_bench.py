@@ -82,6 +82,13 @@ def test_abuse_bench_compares_a_clean_and_an_abused_phase() -> None:
     assert "WER identical" in out
 
 
+def test_auth_bench_measures_both_gateways() -> None:
+    out, result = run_bench("auth.py", "--seconds", "0.5", "--sessions", "2", "--rounds", "1")
+    assert set(result["summary"]) == {"open", "keys"}
+    assert all(r["creates_per_s"] > 0 and r["frames"] > 0 for r in result["summary"].values())
+    assert "auth costs" in out
+
+
 def test_engine_bench_prints_its_table() -> None:
     out, result = run_bench("engine.py", "--speed", "4", "--clips", "1", "--max-streams", "1")
     assert [(r["engine"], r["clip"]) for r in result["rows"]] == [
