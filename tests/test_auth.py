@@ -4,6 +4,9 @@ leaked, while a legitimate session beside them is transcribed as on a quiet gate
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -33,6 +36,19 @@ def forged(secret: str = TOKEN_SECRET, algorithm: str = "HS256", **claims: Any) 
     body: dict[str, Any] = {"iat": now, "exp": now + 60, "scope": "session:read", "kid": "ci"}
     body.update(claims)
     return jwt.encode(body, secret, algorithm=algorithm)
+
+
+def alg_rs256_confusion(**claims: Any) -> str:
+    """A token whose header says RS256 but which is HMAC-signed with our secret: the classic
+    algorithm-confusion forgery, refused because decoding pins HS256."""
+    now = int(time.time())
+    body = {"iat": now, "exp": now + 60, "scope": "session:read", "kid": "ci", **claims}
+    signed = jwt.encode(body, TOKEN_SECRET, algorithm="HS256")
+    _, payload, _ = signed.split(".")
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT"}').rstrip(b"=").decode()
+    mac = hmac.new(TOKEN_SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256)
+    signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+    return f"{header}.{payload}.{signature}"
 
 
 def alg_none(**claims: Any) -> str:
@@ -100,6 +116,7 @@ async def test_attacks_are_refused_with_their_code_while_a_legitimate_session_st
         ("JWT of another secret", bearer(forged("x" * 32, sid=b)), "GET", url, 401, "unauthorized"),
         ("alg none", bearer(alg_none(sid=b)), "GET", url, 401, "unauthorized"),
         ("alg HS512", bearer(forged(algorithm="HS512", sid=b)), "GET", url, 401, "unauthorized"),
+        ("alg RS256", bearer(alg_rs256_confusion(sid=b)), "GET", url, 401, "unauthorized"),
         (
             "expired",
             bearer(forged(sid=b, iat=int(time.time()) - 600, exp=int(time.time()) - 60)),
@@ -206,6 +223,9 @@ async def test_attacks_are_refused_with_their_code_while_a_legitimate_session_st
     assert "seq" not in msg
     await read_only.close()
 
+    # The same key in Deepgram's form is served.
+    async with http.get(url, headers={"Authorization": f"Token {KEY}"}) as resp:
+        assert resp.status == 200
     # B never heard a thing, and the legitimate session is whole.
     async with http.get(url, headers=bearer(KEY)) as resp:
         info = await resp.json()
