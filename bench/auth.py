@@ -146,8 +146,9 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             asyncio.run(creations(base, auth, args.workers, 1.0))
             asyncio.run(connects(base, auth, args.workers, 1.0))
-        for _ in range(args.rounds):
-            for auth, port in ports.items():
+        for r in range(args.rounds):
+            order = list(ports.items())
+            for auth, port in order if r % 2 == 0 else order[::-1]:  # neither always first
                 base = f"http://127.0.0.1:{port}"
                 row = rows[auth]
                 row["creates"].append(

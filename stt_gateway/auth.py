@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -34,6 +35,8 @@ SCOPES: tuple[Scope, ...] = get_args(Scope)
 ALGORITHM = "HS256"
 LEEWAY_S = 5.0
 """Clock skew tolerated on ``exp``, ``iat`` and ``nbf`` (s)."""
+VERIFIED_TOKENS = 4096
+"""Verified tokens remembered (least recently used dropped first)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ class Authenticator:
         self._keys = keys
         self._secret = token_secret or secrets.token_urlsafe(32)
         self._max_ttl_s = max_ttl_s
+        # Tokens already verified, with their expiry (Unix s): a client reconnecting with the
+        # same token (EventSource does, every drop) skips the signature and claim checks.
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     @property
     def key_ids(self) -> list[str]:
@@ -170,6 +176,11 @@ class Authenticator:
             Unauthorized: malformed, badly signed, another algorithm, expired, not yet valid,
                 or minted by a key no longer configured.
         """
+        if (known := self._verified.get(token)) is not None:
+            if known[1] + LEEWAY_S > time.time():
+                self._verified.move_to_end(token)
+                return known[0]
+            del self._verified[token]
         try:
             claims = jwt.decode(
                 token,
@@ -186,12 +197,16 @@ class Authenticator:
         sid = claims.get("sid")
         if claims["kid"] not in self.key_ids or not set(scopes) <= set(SCOPES):
             raise Unauthorized()
-        return Principal(
+        principal = Principal(
             key_id=str(claims["kid"]),
             is_key=False,
             scopes=frozenset(scopes),
             session_id=str(sid) if sid is not None else None,
         )
+        self._verified[token] = (principal, float(claims["exp"]))
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
 
     def mint(
         self, by: Principal, scopes: list[Scope], session_id: str | None, ttl_s: int

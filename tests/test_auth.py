@@ -432,3 +432,17 @@ async def test_cli_mints_a_link_and_streams_with_a_key(
     )
     assert code == 0, err
     assert out.strip()
+
+
+async def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stt_gateway import auth, errors
+
+    monkeypatch.setattr(auth, "LEEWAY_S", 0.0)  # so this test waits ~1 s, not 6
+    authenticator = auth.Authenticator(auth.parse_keys(KEYS), TOKEN_SECRET, 60)
+    token = authenticator.mint(authenticator.key(KEY), ["session:read"], "s1", 1).access_token
+    assert authenticator.token(token).session_id == "s1"  # verified, then remembered
+    assert authenticator.token(token).session_id == "s1"
+    expiry = jwt.decode(token, TOKEN_SECRET, algorithms=["HS256"])["exp"]
+    await asyncio.sleep(max(0.0, expiry - time.time()) + 0.1)
+    with pytest.raises(errors.Unauthorized):
+        authenticator.token(token)
