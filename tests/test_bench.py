@@ -89,6 +89,16 @@ def test_auth_bench_measures_both_gateways() -> None:
     assert "auth costs" in out
 
 
+def test_flood_bench_prints_coverage_and_memory() -> None:
+    out, result = run_bench(
+        "flood.py", "--producers", "1", "--seconds", "1", "--after", "0.5", "--idle-release", "0.5"
+    )
+    (row,) = result["rows"]
+    assert row["accepted_s"] > 0
+    assert row["identical"], "the transcript covers exactly the audio accepted"
+    assert "RSS MB" in out
+
+
 def test_engine_bench_prints_its_table() -> None:
     out, result = run_bench("engine.py", "--speed", "4", "--clips", "1", "--max-streams", "1")
     assert [(r["engine"], r["clip"]) for r in result["rows"]] == [
