@@ -75,7 +75,7 @@ def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws() -> None:
 
 
 def test_abuse_bench_compares_a_clean_and_an_abused_phase() -> None:
-    out, result = run_bench("abuse.py", "--streams", "1", "--abusers", "8")
+    out, result = run_bench("abuse.py", "--streams", "1", "--abusers", "8", "--rounds", "1")
     assert (result["clean"]["abusers"], result["abused"]["abusers"]) == (0, 8)
     assert result["abused"]["errors_total"], "the abusers were answered with errors"
     assert result["abused"]["errors_seen_by_real_streams"] == 0
