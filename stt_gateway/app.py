@@ -17,11 +17,12 @@ from .engines.workers import WorkerPool
 from .metrics import GatewayMetrics
 from .registry import SessionRegistry
 from .settings import Settings
-from .transports import info, rest, sse, ws
+from .transports import info, listen, rest, sse, ws
 from .transports.auth import REDACT_TOKENS, auth_middleware
 from .transports.common import AUTH, METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
 from .transports.cors import allow_cross_origin
 from .transports.guard import open_mode_guard
+from .transports.listen import deepgram_errors
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def create_app(
     # With keys, credentials decide; without, open mode's Origin/Host guards do.
     gate = auth_middleware(authenticator) if authenticator else open_mode_guard(settings)
     app = web.Application(
-        # error_middleware outermost: the gate's refusals get the JSON error body too.
-        middlewares=[error_middleware, gate],
+        # error_middleware outermost: the gate's refusals get the JSON error body too; on
+        # Deepgram's routes deepgram_errors (inside it, around the gate) gives them its shape.
+        middlewares=[error_middleware, deepgram_errors, gate],
         client_max_size=settings.max_request_bytes,
         # aiohttp arms this timer when a connection opens and only rearms it after a whole
         # request: a client that trickles its headers (slowloris) is closed when it fires.
@@ -87,7 +89,7 @@ def create_app(
     app[REGISTRY] = registry
     if authenticator is not None:
         app[AUTH] = authenticator
-    for module in (rest, sse, ws, info):
+    for module in (rest, sse, ws, listen, info):
         app.add_routes(module.routes)
     # Swagger UI from swagger-ui-py's bundled files (no CDN: the gateway may run offline).
     api_doc(app, config_rel_url="/openapi.json", url_prefix="/docs", title="stt-gateway API")

@@ -103,6 +103,54 @@ _EVENT_STREAM = {
 }
 
 
+_LISTEN_PARAMS = [
+    ("model", "a Deepgram model name (the engine's own model answers) or the engine's model"),
+    ("language", "BCP-47; default en"),
+    ("encoding", "linear16 (raw); absent: a WAV container"),
+    ("sample_rate", "Hz of raw audio; required with encoding"),
+    ("channels", "1"),
+    ("interim_results", "true / false (default false)"),
+    ("endpointing", "ms of silence that ends an utterance, or false"),
+    ("utterance_end_ms", "1000–5000: UtteranceEnd messages (with interim_results)"),
+    ("vad_events", "true: SpeechStarted messages"),
+    ("punctuate", "true: words carry punctuated_word"),
+    ("smart_format", "as punctuate here"),
+    ("engine", "ours: the engine (default: the gateway's default engine)"),
+]
+
+
+def _deepgram_refusal(description: str) -> dict[str, Any]:
+    return {
+        "description": description + " (Deepgram's shape; dg-error and dg-request-id headers)",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "err_code": {"type": "string"},
+                        "err_msg": {"type": "string"},
+                        "request_id": {"type": "string"},
+                    },
+                    "required": ["err_code", "err_msg", "request_id"],
+                }
+            }
+        },
+    }
+
+
+def _deepgram_refusals() -> dict[str, Any]:
+    return {
+        "400": _deepgram_refusal(
+            "a parameter Deepgram refuses, one not served here, or a config the engine cannot "
+            "serve; a plain GET"
+        ),
+        "401": _deepgram_refusal("auth on: no credential, or a bad one (INVALID_AUTH)"),
+        "403": _deepgram_refusal("the credential may not create sessions; a foreign Origin"),
+        "429": _deepgram_refusal("the key's limits"),
+        "503": _deepgram_refusal("the gateway's session limit"),
+    }
+
+
 def _paths() -> dict[str, Any]:
     not_found = {"404": _error("no session with this id")}
     return {
@@ -280,6 +328,47 @@ def _paths() -> dict[str, Any]:
                 "operationId": "metrics",
                 "responses": {"200": {"description": "text exposition"}},
             }
+        },
+        "/v1/listen": {
+            "parameters": [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": description,
+                }
+                for name, description in _LISTEN_PARAMS
+            ],
+            "get": {
+                "summary": "Deepgram's live WebSocket (docs/deepgram-live-protocol.md): "
+                "binary audio and KeepAlive / Finalize / CloseStream in; Results, "
+                "SpeechStarted, UtteranceEnd and one Metadata out; every connection a session "
+                "(dg-request-id)",
+                "operationId": "deepgramListen",
+                "responses": {
+                    "101": {"description": "switching to WebSocket; dg-request-id = session id"},
+                    **_deepgram_refusals(),
+                },
+            },
+            "post": {
+                "summary": "Deepgram's pre-recorded transcription: a whole file (WAV, or raw "
+                "linear16 with encoding and sample_rate) in the body",
+                "operationId": "deepgramTranscribeFile",
+                "requestBody": {
+                    "required": True,
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "Deepgram's pre-recorded JSON: metadata and "
+                        "results.channels[0].alternatives[0] (transcript, confidence, words)",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_deepgram_refusals(),
+                    "413": _deepgram_refusal("the file is over max_file_bytes"),
+                },
+            },
         },
         "/openapi.json": {
             "get": {

@@ -478,6 +478,10 @@ class Session:
         """Events after ``since`` (see :meth:`EventLog.subscribe`), then live ones."""
         return self._log.subscribe(since)
 
+    def finals(self) -> list[FinalData]:
+        """Every final so far, in order, with its words."""
+        return list(self._finals)
+
     def transcript(self) -> Transcript:
         """Every final so far, in order."""
         return Transcript(

@@ -125,6 +125,17 @@ class Settings(BaseSettings):
         description="a WebSocket that sends this many bad frames (or audio while another "
         "socket is the producer) within a minute is closed with 1008",
     )
+    listen_inactivity_s: float = Field(
+        10.0,
+        gt=0,
+        description="a /v1/listen socket that sends no frame (audio or KeepAlive) this long "
+        "gets Metadata and close 1011 NET-0001, as Deepgram's does",
+    )
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024,
+        ge=1024,
+        description="the largest file POST /v1/listen takes (bytes); larger gets 413",
+    )
     heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat event interval")
     ws_ping_s: float = Field(
         20.0, gt=0, description="WebSocket ping interval; aiohttp drops a peer whose pong is late"

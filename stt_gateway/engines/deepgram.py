@@ -22,12 +22,12 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from yarl import URL
 
+from .. import deepgram_wire as wire
 from ..errors import InvalidConfig, UpstreamError
 from ..events import (
     EngineResult,
@@ -94,57 +94,6 @@ LANGUAGES = [
 _PCM16_BYTES = 2
 
 
-# -- vendor messages (§3): parsed here, never passed on --------------------------------------
-
-
-class _Vendor(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _DGWord(_Vendor):
-    word: str
-    start: float
-    end: float
-    confidence: float = 0.0
-    punctuated_word: str | None = None
-
-
-class _DGAlternative(_Vendor):
-    transcript: str = ""
-    confidence: float = 0.0
-    words: list[_DGWord] = []
-
-
-class _DGChannel(_Vendor):
-    alternatives: list[_DGAlternative]
-
-
-class _DGResultsMetadata(_Vendor):
-    request_id: str | None = None
-
-
-class _DGResults(_Vendor):
-    start: float
-    duration: float
-    is_final: bool = False
-    speech_final: bool = False
-    from_finalize: bool = False
-    channel: _DGChannel
-    metadata: _DGResultsMetadata | None = None
-
-
-class _DGSpeechStarted(_Vendor):
-    timestamp: float
-
-
-class _DGUtteranceEnd(_Vendor):
-    last_word_end: float
-
-
-class _DGMetadata(_Vendor):
-    request_id: str | None = None
-
-
 def listen_url(base: str, config: SessionConfig) -> str:
     """The ``/v1/listen`` URL for ``config`` (resolved): booleans lower-case, every value
     URL-encoded (§1.4)."""
@@ -163,11 +112,7 @@ def listen_url(base: str, config: SessionConfig) -> str:
     # UtteranceEnd needs interim results (§1.4); sending it without them risks a 400.
     if config.utterance_end_ms is not None and config.interim_results:
         params["utterance_end_ms"] = config.utterance_end_ms
-    pairs = [
-        (k, ("true" if v else "false") if isinstance(v, bool) else str(v))
-        for k, v in params.items()
-    ]
-    return f"{base.rstrip('/')}/v1/listen?{urlencode(pairs)}"
+    return wire.listen_url(base, params)
 
 
 def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> UpstreamError:
@@ -207,15 +152,15 @@ def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> UpstreamError:
 
 def _close_error(code: int | None, reason: str) -> UpstreamError:
     """§4.2: what an unplanned close means, and whether a reconnect may help."""
-    lowered = reason.lower()
-    if code == 1008 or "data0000" in lowered or "data-0000" in lowered:
+    kind = wire.close_kind(code, reason)
+    if kind == "bad_audio":
         return UpstreamError(
             "upstream_bad_audio",
             "Deepgram could not decode the audio (1008 DATA-0000): check sample_rate and "
             "that the audio is raw PCM16",
         )
-    if code == 1011:
-        which = "NET-0001: it heard nothing from us" if "0001" in lowered else "NET-0000"
+    if kind in ("no_input", "server"):
+        which = "NET-0001: it heard nothing from us" if kind == "no_input" else "NET-0000"
         return UpstreamError(
             "upstream_timeout", f"Deepgram closed the stream (1011 {which})", retryable=True
         )
@@ -475,19 +420,20 @@ class DeepgramEngine(Engine):
             message: Any = json.loads(text)
             kind = message.get("type") if isinstance(message, dict) else None
             if kind == "Results":
-                return self._results(_DGResults.model_validate(message))
+                return self._results(wire.DGResults.model_validate(message))
             if kind == "SpeechStarted":
-                started = _DGSpeechStarted.model_validate(message)
+                started = wire.DGSpeechStarted.model_validate(message)
                 self._speaking = True
                 return [SpeechStartData(timestamp=round(self._offset_s + started.timestamp, 3))]
             if kind == "UtteranceEnd":
-                ended = _DGUtteranceEnd.model_validate(message)
+                ended = wire.DGUtteranceEnd.model_validate(message)
                 if ended.last_word_end < 0:
                     return []  # §3.4: -1 means "already finalized: ignore"
                 self._speaking = False
                 return [SpeechEndData(last_word_end=round(self._offset_s + ended.last_word_end, 3))]
             if kind == "Metadata":
-                self.request_id = _DGMetadata.model_validate(message).request_id or self.request_id
+                metadata = wire.DGMetadata.model_validate(message)
+                self.request_id = metadata.request_id or self.request_id
             elif kind == "Error":
                 log.warning("Deepgram sent an Error message (request %s)", self.request_id)
             # Unknown types are ignored (§3: new ones appear over time).
@@ -495,10 +441,10 @@ class DeepgramEngine(Engine):
             log.warning("unparseable message from Deepgram (request %s)", self.request_id)
         return []
 
-    def _results(self, r: _DGResults) -> list[EngineResult]:
+    def _results(self, r: wire.DGResults) -> list[EngineResult]:
         if r.metadata is not None and r.metadata.request_id:
             self.request_id = r.metadata.request_id
-        alt = r.channel.alternatives[0] if r.channel.alternatives else _DGAlternative()
+        alt = r.channel.alternatives[0] if r.channel.alternatives else wire.DGAlternative()
         text = alt.transcript.strip()
         start = round(self._offset_s + r.start, 3)
         end = round(self._offset_s + r.start + r.duration, 3)

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import deque
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 from pydantic import ValidationError
 
 from ..errors import BadControlMessage, BadRequestBody, Forbidden, GatewayError
@@ -43,10 +41,9 @@ from .common import (
     session_of,
     validation_message,
 )
+from .frames import read_frames
 
 routes = web.RouteTableDef()
-
-_BAD_FRAME_WINDOW_S = 60.0
 
 
 @routes.get("/sessions/{id}/ws")
@@ -93,31 +90,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connected = metrics.subscribers.labels("ws")
     if sub is not None:  # an audio-only socket is no subscriber
         connected.inc()
-    # Monotonic times of this socket's latest bad frames: full and all within the window → 1008.
-    strikes: deque[float] = deque(maxlen=settings.ws_max_bad_frames)
     try:
-        async for msg in ws:
-            try:
-                if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) and not may_publish:
-                    raise Forbidden(
-                        "forbidden", "this socket's credential may read the session, not feed it"
-                    )
-                if msg.type == WSMsgType.BINARY:
-                    await session.feed(msg.data, producer=ws)
-                elif msg.type == WSMsgType.TEXT:
-                    await _control(session, msg.data, ws)
-            except GatewayError as exc:
-                metrics.error(exc.code)
-                strikes.append(time.monotonic())
-                full = len(strikes) == strikes.maxlen
-                if full and strikes[-1] - strikes[0] < _BAD_FRAME_WINDOW_S:
-                    await ws.close(
-                        code=WSCloseCode.POLICY_VIOLATION,
-                        message=f"{len(strikes)} bad frames within a minute; the last: "
-                        f"{exc.code}".encode(),
-                    )
-                    break
-                await _tell(ws, session, exc)
+        await read_frames(
+            ws,
+            _Front(session, ws, may_publish),
+            max_bad_frames=settings.ws_max_bad_frames,
+            metrics=metrics,
+        )
     finally:
         session.release_producer(ws)
         if sub is not None:
@@ -129,17 +108,34 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _tell(ws: web.WebSocketResponse, session: Session, exc: GatewayError) -> None:
-    """Send ``exc`` to this socket only: an ``error`` event with no ``seq``, in no log.
+class _Front:
+    """Frames on a session socket of ours: binary audio, JSON control messages, ``error``
+    events without ``seq`` (see the module docstring)."""
 
-    Awaited in the reader loop, so a sender that floods without reading is held back by its
-    own unread errors. (aiohttp writes each frame whole, so this may interleave with the event
-    writer task's frames but never split one.)
-    """
-    error = ErrorData(code=exc.code, message=exc.message)
-    event = make_event(error, seq=None, session_id=session.id)
-    with contextlib.suppress(ConnectionError):
-        await ws.send_str(event.model_dump_json(exclude_none=True))
+    def __init__(self, session: Session, ws: web.WebSocketResponse, may_publish: bool) -> None:
+        self._session = session
+        self._ws = ws
+        self._may_publish = may_publish
+
+    def _check_may_publish(self) -> None:
+        if not self._may_publish:
+            raise Forbidden(
+                "forbidden", "this socket's credential may read the session, not feed it"
+            )
+
+    async def binary(self, data: bytes) -> None:
+        self._check_may_publish()
+        await self._session.feed(data, producer=self._ws)
+
+    async def text(self, data: str) -> None:
+        self._check_may_publish()
+        await _control(self._session, data, self._ws)
+
+    def error_frame(self, exc: GatewayError) -> str:
+        error = ErrorData(code=exc.code, message=exc.message)
+        return make_event(error, seq=None, session_id=self._session.id).model_dump_json(
+            exclude_none=True
+        )
 
 
 async def _control(session: Session, text: str, producer: object) -> None:
