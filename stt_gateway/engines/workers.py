@@ -128,7 +128,9 @@ class _Worker:
         loop = asyncio.get_running_loop()
         try:
             ok, value = await loop.run_in_executor(self._io, self._roundtrip, (stream_id, op, arg))
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError, TypeError) as exc:
+            # TypeError: stop() closed the pipe under this read (multiprocessing's recv then
+            # reads from a handle of None).
             self.dead = True
             raise EngineError(
                 f"the engine worker process exited (code {self._proc.exitcode})"
@@ -206,6 +208,7 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warming: list[asyncio.Future[None]] = []
+        self._closing = False  # close() has begun
 
     def start(self) -> None:
         """Spawn the worker processes (they import the engines while the gateway goes on)."""
@@ -264,7 +267,8 @@ class WorkerPool:
             try:
                 await self.run(index, job)
             except Exception:
-                log.exception("engine worker %d failed to warm up", index)
+                if not self._closing:  # a warm-up cut short by close() is no failure
+                    log.exception("engine worker %d failed to warm up", index)
 
         self._warming += [asyncio.ensure_future(run(index)) for index in range(self._size)]
 
@@ -294,5 +298,6 @@ class WorkerPool:
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop every worker (each exits when its pipe closes)."""
+        self._closing = True
         workers, self._workers = self._workers, []
         await asyncio.gather(*(asyncio.to_thread(w.stop, timeout_s) for w in workers))
