@@ -45,6 +45,8 @@ async def info(request: web.Request) -> web.Response:
             "version": __version__,
             "engines": engines,
             "default_engine": s.default_engine,
+            # Deepgram's live and pre-recorded protocols, on every engine above.
+            "deepgram_compatible": {"listen": "/v1/listen"},
             "limits": {
                 "max_sessions": s.max_sessions,
                 "max_chunk_bytes": s.max_chunk_bytes,
@@ -60,6 +62,8 @@ async def info(request: web.Request) -> web.Response:
                 "key_max_sessions": s.key_max_sessions,
                 "key_sessions_per_minute": s.key_sessions_per_minute,
                 "token_max_ttl_s": s.token_max_ttl_s,
+                "listen_inactivity_s": s.listen_inactivity_s,
+                "max_file_bytes": s.max_file_bytes,
                 "encodings": ["linear16"],
                 "sample_rate_hz": {"min": 8000, "max": 96000},
             },
