@@ -45,8 +45,12 @@ class Received:
 async def sse_messages(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> AsyncGenerator[tuple[str | None, dict[str, Any]], None]:
-    """Parse a text/event-stream into (id, JSON data) pairs, per the WHATWG SSE format."""
-    async with http.get(url, headers=headers) as resp:
+    """Parse a text/event-stream into (id, JSON data) pairs, per the WHATWG SSE format.
+
+    The stream may last as long as its session (minutes on a loaded box): it is bounded by
+    silence (no byte for 120 s; heartbeats come every 15 s), not by the client's total."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    async with http.get(url, headers=headers, timeout=timeout) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         event_id: str | None = None
