@@ -456,3 +456,57 @@ async def test_deepgram_session_in_a_language_no_embedded_engine_has_gets_no_fal
         f"{gw.base}/sessions", json={"config": {"fallback_engine": "whisper"}}
     ) as resp:
         assert resp.status == 422  # an embedded engine does not fall back
+
+
+async def test_a_deepgram_client_on_the_front_with_engine_deepgram_never_sees_upstream_drops(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    """/v1/listen?engine=deepgram: Deepgram's messages come through our event log (an SSE
+    follower sees the same transcript), and two upstream drops mid-utterance are invisible to
+    the client: no close, no lost or doubled words."""
+    gw = await start_dg()
+    c = clip("librivox-sns-0870")
+    second = 32_000
+    fake.faults.extend(
+        [Fault(drop_after_bytes=int(1.5 * second)), Fault(drop_after_bytes=int(4.0 * second))]
+    )
+    url = gw.base.replace("http://", "ws://") + (
+        "/v1/listen?engine=deepgram&model=nova-3&language=ko&encoding=linear16"
+        "&sample_rate=16000&interim_results=true&vad_events=true"
+    )
+    ws = await http.ws_connect(url)
+    request_id = ws._response.headers["dg-request-id"]  # the 101's headers
+    sse = Received()
+    follower = asyncio.create_task(follow_sse(http, f"{gw.base}/sessions/{request_id}/stream", sse))
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> None:
+        async for msg in ws:
+            messages.append(msg.json())
+
+    reader = asyncio.create_task(receive())
+    for frame in frames(c.pcm, c.sample_rate):
+        await ws.send_bytes(frame)
+        await asyncio.sleep(0.005)  # 4x real time
+    await ws.send_str('{"type":"CloseStream"}')
+    await asyncio.wait_for(reader, 60)
+    await asyncio.wait_for(follower, 60)
+
+    assert ws.close_code == 1000
+    assert [m["type"] for m in messages].count("Metadata") == 1
+    assert {m["type"] for m in messages} <= {"Results", "SpeechStarted", "Metadata"}
+    finals = [m for m in messages if m["type"] == "Results" and m["is_final"]]
+    text = " ".join(
+        r["channel"]["alternatives"][0]["transcript"]
+        for r in finals
+        if r["channel"]["alternatives"][0]["transcript"]
+    )
+    assert text == sse.finals_text()
+    assert same_words(text, c.reference)
+    assert finals[0]["metadata"]["model_info"]["name"] == "nova-3"
+    assert finals[0]["metadata"]["model_info"]["arch"] == "deepgram"
+    assert len(fake.connections) == 3  # the drops happened, upstream
+    assert all(conn.query["model"] == "nova-3" for conn in fake.connections)
+    assert all(conn.query["language"] == "ko" for conn in fake.connections)
+    codes = [e["data"]["code"] for e in sse.of_type("error")]
+    assert codes.count("upstream_reconnected") == 2

@@ -8,13 +8,15 @@ import io
 import wave
 from typing import Any
 
+import aiohttp
 import httpx
 from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results
 
-from tests.audio_files import Clip, clip, wer
+from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals
+from tests.gateway_client import Received, create_session, follow_ws, frames
 
 KEY = "sdk:" + "s" * 32
 
@@ -98,3 +100,85 @@ async def test_the_sdk_transcribes_a_file(start_gateway: StartGateway) -> None:
     transcript = answer.results.channels[0].alternatives[0].transcript
     direct = " ".join(f.text for f in direct_finals(c))
     assert abs(wer(c.reference, transcript) - wer(c.reference, direct)) <= 0.01
+
+
+async def sdk_live(gateway: Gateway, c: Clip, engine: str) -> tuple[str, list[str]]:
+    """Stream ``c`` through the SDK in real-time 20 ms frames; the joined finals and the
+    names of the SDK types received, in order."""
+    received: list[Any] = []
+    async with client(gateway).listen.v1.connect(
+        model="nova-3",
+        encoding="linear16",
+        sample_rate=str(c.sample_rate),
+        interim_results="true",
+        utterance_end_ms="1000",
+        vad_events="true",
+        request_options={"additional_query_parameters": {"engine": engine}},
+    ) as socket:
+
+        async def receive() -> None:
+            async for message in socket:
+                received.append(message)
+
+        reader = asyncio.create_task(receive())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, frame in enumerate(frames(c.pcm, c.sample_rate)):
+            await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+            await socket.send_media(frame)
+        await socket.send_close_stream()
+        await asyncio.wait_for(reader, 120)
+    finals = [m for m in received if isinstance(m, ListenV1Results) and m.is_final]
+    text = " ".join(
+        f.channel.alternatives[0].transcript for f in finals if f.channel.alternatives[0].transcript
+    )
+    return text, [type(m).__name__ for m in received]
+
+
+async def sessions_live(http: aiohttp.ClientSession, gateway: Gateway, c: Clip, engine: str) -> str:
+    """The same through our own /sessions WebSocket: the transcript."""
+    session = await create_session(
+        http, gateway.base, {"engine": engine, "sample_rate": c.sample_rate}
+    )
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, frame in enumerate(frames(c.pcm, c.sample_rate)):
+        await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+        await ws.send_bytes(frame)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 120)
+    return received.finals_text()
+
+
+async def test_every_clip_through_the_sdk_equals_the_sessions_api_and_the_file_call(
+    start_gateway: StartGateway,
+) -> None:
+    """Engine whisper: each shared clip live through the SDK (real time, 20 ms frames) gives
+    the transcript our own /sessions WebSocket gives on the same engine, and the SDK's
+    pre-recorded call on the file gives it too."""
+    # Finals are compared, not their timing: a busy box may take long over a Whisper pass.
+    gateway = await start_gateway(api_keys=KEY, whisper_pass_timeout_s=120.0)
+    headers = {"Authorization": "Bearer " + KEY.split(":", 1)[1]}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        httpx.AsyncClient(timeout=120) as files,
+    ):
+        for c in clips():
+            (sdk_text, kinds), ours = await asyncio.gather(
+                sdk_live(gateway, c, "whisper"), sessions_live(http, gateway, c, "whisper")
+            )
+            assert "dict" not in kinds, f"{c.name}: the SDK skipped a message: {kinds}"
+            assert {"ListenV1Results", "ListenV1Metadata", "ListenV1SpeechStarted"} <= set(kinds)
+            assert "ListenV1UtteranceEnd" in kinds
+            answer = await client(gateway, files).listen.v1.media.transcribe_file(
+                request=wav(c),
+                model="nova-3",
+                request_options={"additional_query_parameters": {"engine": "whisper"}},
+            )
+            filed = answer.results.channels[0].alternatives[0].transcript
+            print(f"\n{c.name}: sdk {sdk_text!r} | /sessions {ours!r} | file {filed!r}")
+            assert sdk_text == ours, c.name
+            assert filed == sdk_text, c.name
