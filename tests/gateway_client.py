@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.audio_files import Clip
+
 FRAME_MS = 20
 
 
@@ -171,3 +173,20 @@ async def wait_for_audio(
                 if (await resp.json())["audio_seconds"] >= seconds - 1e-3:
                     return
             await asyncio.sleep(0.01)
+
+
+async def sessions_live(http: aiohttp.ClientSession, base: str, c: Clip, engine: str) -> str:
+    """Stream ``c`` through a new ``/sessions`` WebSocket on ``engine`` at real time in 20 ms
+    frames, then ``close``; the transcript (its finals joined)."""
+    session = await create_session(http, base, {"engine": engine, "sample_rate": c.sample_rate})
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, frame in enumerate(frames(c.pcm, c.sample_rate)):
+        await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+        await ws.send_bytes(frame)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 120)
+    return received.finals_text()

@@ -16,7 +16,7 @@ from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results
 
 from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals
-from tests.gateway_client import Received, create_session, follow_ws, frames
+from tests.gateway_client import frames, sessions_live
 
 KEY = "sdk:" + "s" * 32
 
@@ -135,24 +135,6 @@ async def sdk_live(gateway: Gateway, c: Clip, engine: str) -> tuple[str, list[st
     return text, [type(m).__name__ for m in received]
 
 
-async def sessions_live(http: aiohttp.ClientSession, gateway: Gateway, c: Clip, engine: str) -> str:
-    """The same through our own /sessions WebSocket: the transcript."""
-    session = await create_session(
-        http, gateway.base, {"engine": engine, "sample_rate": c.sample_rate}
-    )
-    ws = await http.ws_connect(session["ws_url"])
-    received = Received()
-    reader = asyncio.create_task(follow_ws(ws, received))
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for i, frame in enumerate(frames(c.pcm, c.sample_rate)):
-        await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
-        await ws.send_bytes(frame)
-    await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
-    return received.finals_text()
-
-
 async def test_every_clip_through_the_sdk_equals_the_sessions_api_and_the_file_call(
     start_gateway: StartGateway,
 ) -> None:
@@ -168,7 +150,7 @@ async def test_every_clip_through_the_sdk_equals_the_sessions_api_and_the_file_c
     ):
         for c in clips():
             (sdk_text, kinds), ours = await asyncio.gather(
-                sdk_live(gateway, c, "whisper"), sessions_live(http, gateway, c, "whisper")
+                sdk_live(gateway, c, "whisper"), sessions_live(http, gateway.base, c, "whisper")
             )
             assert "dict" not in kinds, f"{c.name}: the SDK skipped a message: {kinds}"
             assert {"ListenV1Results", "ListenV1Metadata", "ListenV1SpeechStarted"} <= set(kinds)

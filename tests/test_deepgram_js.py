@@ -1,0 +1,65 @@
+"""Deepgram's JavaScript SDK (``@deepgram/sdk`` 4.x, ``tests/js``) on Debian's ``node``, pointed
+at the gateway's ``/v1/listen`` with nothing but its base URL and a key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.audio_files import AUDIO_DIR, clips
+from tests.conftest import StartGateway
+from tests.gateway_client import sessions_live
+from tests.test_deepgram_sdk import KEY
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+async def run_node(*args: str) -> list[dict[str, Any]]:
+    """Run ``tests/js/deepgram_live.mjs`` (its npm packages installed by the README's test
+    command: ``npm ci --prefix tests/js``); one JSON object per file it streamed."""
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "deepgram_live.mjs",
+        *args,
+        cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, err.decode()
+    assert not err.strip(), f"the SDK warned: {err.decode()}"
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+async def test_the_js_sdk_streams_every_clip_and_every_callback_fires(
+    start_gateway: StartGateway,
+) -> None:
+    """Engine whisper: each shared clip at real time in 20 ms frames; the SDK's own callbacks
+    fire (open, interim and final transcripts, speech started, utterance end, metadata,
+    close), nothing unhandled or in error, and the joined finals equal our /sessions
+    WebSocket's transcript of the same clip on the same engine."""
+    # Finals are compared, not their timing: a busy box may take long over a Whisper pass.
+    gateway = await start_gateway(api_keys=KEY, whisper_pass_timeout_s=120.0)
+    key = KEY.split(":", 1)[1]
+    files = [str(AUDIO_DIR / f"{c.name}.wav") for c in clips()]
+
+    async def ours() -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            return {c.name: await sessions_live(http, gateway.base, c, "whisper") for c in clips()}
+
+    js, sessions = await asyncio.gather(run_node(gateway.base, key, "whisper", *files), ours())
+    assert [r["name"] for r in js] == [c.name for c in clips()]
+    for r in js:
+        print(f"\n{r['name']}: js {r['text']!r} | /sessions {sessions[r['name']]!r}")
+        assert r["errors"] == [], r["name"]
+        assert r["code"] == 1000, r["name"]
+        seen = r["seen"]
+        for callback in ("open", "interim", "final", "speech_started", "utterance_end"):
+            assert seen.get(callback, 0) >= 1, (r["name"], callback, seen)
+        assert (seen["metadata"], seen["close"]) == (1, 1), (r["name"], seen)
+        assert r["text"] == sessions[r["name"]], r["name"]
