@@ -119,3 +119,18 @@ def test_overhead_bench_prints_gateway_beside_the_echo_floor() -> None:
     assert paths == [("aiohttp echo", "ws"), ("gateway", "ws"), ("gateway", "sse")]
     assert all(r["results"] > 0 for r in result["rows"])
     assert "send lag p99" in out
+
+
+def test_listen_overhead_bench_times_every_path() -> None:
+    out, result = run_bench(
+        "listen_overhead.py", "--sessions", "2", "--seconds", "1", "--rounds", "1"
+    )
+    counts = {path: row["interims"] for path, row in result["rows"].items()}
+    assert set(counts) == {
+        "/sessions (aiohttp)",
+        "/v1/listen (aiohttp)",
+        "/v1/listen (deepgram-sdk)",
+    }
+    # One interim per frame at most (a loaded box may coalesce some): 2 sessions x 50 frames.
+    assert all(0 < n <= 100 for n in counts.values()), counts
+    assert "front adds" in out
