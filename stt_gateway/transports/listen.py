@@ -62,7 +62,7 @@ from ..events import (
 from ..models import SessionConfig
 from ..session import Session
 from .auth import WS_PROTOCOLS
-from .common import METRICS, REGISTRY, SETTINGS, Handler, caller
+from .common import METRICS, REGISTRY, SETTINGS, Handler, bound_send_buffer, caller
 from .frames import read_frames
 
 log = logging.getLogger(__name__)
@@ -569,6 +569,8 @@ async def listen(request: web.Request) -> web.StreamResponse:
     )
     ws.headers["dg-request-id"] = session.id
     sub = session.subscribe()
+    # A client that stops reading holds little and is cut off (slow_consumer), as on /sessions.
+    bound_send_buffer(request, settings.subscriber_send_buffer)
     try:
         await ws.prepare(request)
     except BaseException:
