@@ -346,3 +346,24 @@ async def test_a_file_posted_gets_deepgrams_prerecorded_answer(
         assert resp.status == 400
         assert "not WAV" in resp.headers["dg-error"]
         assert (await resp.json())["err_code"] == "INVALID_QUERY_PARAMETER"
+
+
+async def test_an_empty_binary_frame_ends_the_stream_as_closestream_does(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """Deepgram's old end-of-stream signal (§2.1): the finals, Metadata, close 1000; frames
+    after it are ignored."""
+    c = clip("goforward")
+    ws = await http.ws_connect(ws_url(gateway))
+    for i in range(0, len(c.pcm), 3200):
+        await ws.send_bytes(c.pcm[i : i + 3200])
+    await ws.send_bytes(b"")
+    await ws.send_bytes(bytes(3200))  # ignored: the stream has ended
+    messages = []
+    async for msg in ws:
+        messages.append(json.loads(msg.data))
+    assert ws.close_code == 1000
+    assert messages[-1]["type"] == "Metadata"
+    assert messages[-1]["duration"] == pytest.approx(c.seconds, abs=1e-3)
+    direct = " ".join(f.text for f in direct_finals(c))
+    assert abs(wer(c.reference, text_of(messages)) - wer(c.reference, direct)) <= 0.01
