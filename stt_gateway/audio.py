@@ -19,20 +19,21 @@ BYTES_PER_SAMPLE = 2
 Int16Array = npt.NDArray[np.int16]
 
 
-def check_chunk(chunk: bytes, max_bytes: int) -> None:
-    """Check that ``chunk`` can be PCM16 audio.
+def check_chunk(chunk: bytes, max_bytes: int, *, whole_samples: bool = True) -> None:
+    """Check that ``chunk`` can be PCM16 audio (``whole_samples``) or any audio bytes.
 
     Raises:
         EmptyAudio: ``chunk`` has no bytes.
         ChunkTooLarge: ``chunk`` has more than ``max_bytes`` bytes.
-        OddByteCount: ``len(chunk)`` is odd, so it cannot hold whole 2-byte samples.
+        OddByteCount: ``whole_samples`` and ``len(chunk)`` is odd, so it cannot hold whole
+            2-byte samples.
     """
     size = len(chunk)
     if size == 0:
         raise EmptyAudio("the audio chunk is empty")
     if size > max_bytes:
         raise ChunkTooLarge(f"the audio chunk has {size} bytes; the limit is {max_bytes}")
-    if size % BYTES_PER_SAMPLE:
+    if whole_samples and size % BYTES_PER_SAMPLE:
         raise OddByteCount(
             f"the audio chunk has {size} bytes, an odd count: PCM16 needs 2 bytes per sample"
         )
@@ -59,18 +60,24 @@ class Resampler:
     """Streaming PCM16 sample-rate conversion (libsoxr via ``soxr.ResampleStream``, HQ).
 
     Keeps filter state between chunks, so chunk boundaries leave no clicks; the output lags
-    the input by the filter's delay (a few ms) until :meth:`flush`.
+    the input by the filter's delay (a few ms) until :meth:`flush`. Works in float32: soxr
+    dithers int16 output with random noise, so the same samples would come out a bit or two
+    different each time; in float32 the output depends only on the samples, however they are
+    cut into chunks.
     """
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
-        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16")
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
 
     def process(self, samples: Int16Array) -> Int16Array:
         """Resample one chunk of int16 samples; returns the samples ready so far."""
-        out: Int16Array = self._stream.resample_chunk(samples)
-        return out
+        return _to_int16(self._stream.resample_chunk(samples.astype(np.float32)))
 
     def flush(self) -> Int16Array:
         """Return the samples still held in the filter (end of stream)."""
-        out: Int16Array = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
-        return out
+        return _to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+
+
+def _to_int16(samples: npt.NDArray[np.float32]) -> Int16Array:
+    out: Int16Array = np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+    return out

@@ -22,6 +22,7 @@
     │   ├── BadBase64            bad_base64           400
     │   ├── BadRequestBody       bad_request          400
     │   ├── UnsupportedMediaType unsupported_media_type 415
+    │   ├── UnsupportedAudio     unsupported_audio    415    (POST: unsupported_media_type)
     │   └── ChunkTooLarge        chunk_too_large      413
     ├── BadControlMessage        bad_control          —      error event, socket stays open
     └── EngineError              engine_error         500    error event
@@ -227,6 +228,15 @@ class UnsupportedMediaType(AudioError):
     """An audio POST whose ``Content-Type`` is neither JSON nor ``application/octet-stream``."""
 
     code = "unsupported_media_type"
+    status = 415
+
+
+class UnsupportedAudio(AudioError):
+    """Bytes that are no audio the gateway decodes (a zip, an MP4, a container FFmpeg cannot
+    read); the message names what they looked like. The stream starts over: the next bytes
+    are recognised afresh."""
+
+    code = "unsupported_audio"
     status = 415
 
 

@@ -50,10 +50,21 @@ class SessionConfig(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=100)
     interim_results: bool = True
     sample_rate: WholeNumber = Field(
-        16000, ge=8000, le=96000, description="Hz of the PCM16 sent in"
+        16000,
+        ge=8000,
+        le=96000,
+        description="Hz of raw audio sent in, and of the PCM16 the engine is given (a "
+        "container's audio is resampled to it)",
     )
-    encoding: Literal["linear16"] = "linear16"
-    channels: Literal[1] = 1
+    encoding: Literal["linear16", "mulaw", "alaw"] = Field(
+        "linear16",
+        description="raw audio: PCM16 little-endian (`linear16`) or 8-bit G.711 (`mulaw`, "
+        "`alaw`); with `linear16`, a container (WAV, Ogg, WebM, MP3, FLAC) is recognised "
+        "from its first bytes and decoded",
+    )
+    channels: Annotated[int, Field(ge=1, le=8), BeforeValidator(_whole_number)] = Field(
+        1, description="channels of raw audio, interleaved; mixed to mono"
+    )
     # Bounds before the validator inside the Annotated: put on the optional union they
     # would reach the JSON schema as raw "ge"/"le" rather than minimum/maximum.
     endpointing_ms: (

@@ -25,8 +25,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .audio import BYTES_PER_SAMPLE, check_chunk
+from .decode import AudioStream
 from .engines.base import Engine
-from .errors import AudioLeadExceeded, GatewayError, ProducerConflict, SessionClosed
+from .errors import (
+    AudioLeadExceeded,
+    GatewayError,
+    ProducerConflict,
+    SessionClosed,
+    UnsupportedAudio,
+)
 from .eventlog import EventLog, Subscription
 from .events import (
     EngineResult,
@@ -163,6 +170,15 @@ class Session:
         self._state: SessionState = "created"
         self._audio_bytes = 0
         self._producer: object | None = None  # the connection holding the audio, if any
+        # Bytes as the producer sends them → PCM16 mono at the session's rate (decode.py).
+        self._stream = AudioStream(
+            config.encoding,
+            config.channels,
+            config.sample_rate,
+            config.sample_rate,
+            limits.max_chunk_bytes,
+        )
+        self._decoding = asyncio.Lock()  # one chunk at a time through a stateful decoder
         self._finals: list[FinalData] = []
         self._pending_interim: TokenData | None = None  # the newest interim no final covers
         self._results_seen = 0  # engine results published: progress, while closing
@@ -209,23 +225,37 @@ class Session:
         """Seconds of audio received so far."""
         return self._audio_bytes / BYTES_PER_SAMPLE / self.config.sample_rate
 
-    async def feed(self, pcm: bytes, producer: object | None = None, *, wait: bool = True) -> None:
-        """Take one chunk of PCM16 audio at the session's sample rate.
+    async def feed(
+        self, data: bytes, producer: object | None = None, *, wait: bool = True
+    ) -> bytes:
+        """Take the next chunk of the producer's audio stream; the PCM16 it held.
+
+        ``data`` is what the client sent (``docs/api.md``, "Audio in" and "Audio in, beyond
+        linear16"): PCM16 at the session's sample rate (the fast path: used as it is), G.711,
+        more than one channel, or a container recognised from its first bytes; see
+        :class:`~stt_gateway.decode.AudioStream`. A WebSocket producer's bytes are one stream
+        from its first frame to :meth:`release_producer`; POST chunks are one stream.
 
         While the engine already holds ``max_audio_lead_s`` of audio it has not recognised,
         awaits until it catches up (a WebSocket producer is then not read: backpressure), or,
         with ``wait=False`` (an HTTP POST), refuses the chunk.
 
         Args:
-            pcm: the chunk (bytes, a whole number of 2-byte samples).
+            data: the chunk, at most ``max_chunk_bytes``.
             producer: the identity of a connection that streams (a WebSocket): its first
                 good chunk makes it the session's producer until :meth:`release_producer`.
                 ``None`` (an HTTP POST) feeds only while no connection holds the audio.
             wait: whether to wait while the engine is too far behind.
 
+        Returns:
+            the PCM16 mono (session rate) the chunk gave (``b""`` while a container's header
+            is still coming); the chunk itself on the fast path.
+
         Raises:
-            EmptyAudio, OddByteCount, ChunkTooLarge: the chunk cannot be PCM16 audio; nothing
-                of it is used and the session goes on.
+            EmptyAudio, OddByteCount, ChunkTooLarge: the chunk cannot be audio of the
+                session's encoding; nothing of it is used and the session goes on.
+            UnsupportedAudio: the bytes are no audio the gateway decodes (the message says
+                what they looked like); the stream starts over with the next chunk.
             ProducerConflict: another connection holds the session's audio; nothing is used.
             AudioLeadExceeded: ``wait=False`` and the engine is too far behind; nothing is used.
             SessionClosed: the session is closing or closed.
@@ -236,7 +266,9 @@ class Session:
                 f"session {self.id} takes its audio from another connection (one producer "
                 f"per session); this audio is not heard. Send once that connection closes."
             )
-        check_chunk(pcm, self._limits.max_chunk_bytes)
+        fast = self._stream.passthrough
+        if fast:
+            check_chunk(data, self._limits.max_chunk_bytes)
         if self._engine.backlog_bytes() >= self._max_lead_bytes:
             if not wait:
                 behind_s = self._engine.backlog_bytes() / self._bytes_per_s
@@ -251,15 +283,40 @@ class Session:
         self._producer = producer
         if self._state == "created":
             self._state = "streaming"
-        self._audio_bytes += len(pcm)
         self._last_activity = time.monotonic()  # read by the idle timer; no per-frame timer work
+        if fast:
+            await self._hear(data)
+            return data
+        async with self._decoding:
+            self._check_open()  # closed while this chunk waited for the one before
+            pcm = await self._stream.decode(data)
+            if pcm:
+                await self._hear(pcm)
+            return pcm
+
+    async def _hear(self, pcm: bytes) -> None:
+        """Give PCM16 at the session's rate to the engine."""
+        self._audio_bytes += len(pcm)
         self._arrivals.append((self.audio_seconds, self._last_activity))
         await self._engine.feed(pcm)
 
-    def release_producer(self, producer: object) -> None:
-        """``producer`` no longer streams (its connection closed); anyone may feed next."""
+    async def release_producer(self, producer: object) -> None:
+        """``producer`` no longer streams (its connection closed): what its stream's decoder
+        still holds goes to the engine, and anyone may feed next (a new stream)."""
         if self._producer is producer:
             self._producer = None
+            await self._drain_stream()
+
+    async def _drain_stream(self) -> None:
+        """End the current byte stream: the decoder's last samples go to the engine."""
+        async with self._decoding:
+            try:
+                pcm = await self._stream.drain()
+            except UnsupportedAudio as exc:
+                self._publish_error(ErrorData(code=exc.code, message=exc.message))
+                return
+            if pcm and self._pump is not None and not self._pump.done():
+                await self._hear(pcm)
 
     async def wait_ended(self) -> None:
         """Return once ``session_end`` has been published (at once if it has)."""
@@ -336,6 +393,9 @@ class Session:
             timer.cancel()
         pump = self._pump
         if pump is not None and not pump.done():
+            # A container's last frames are still in its decoder: hear them before the
+            # engine's final flush (docs/mediarecorder-webm.md, "Close").
+            await self._drain_stream()
             await self._engine.close()
             if not await self._flushed(pump):
                 pump.cancel()
@@ -353,6 +413,7 @@ class Session:
                         ),
                     )
                 )
+        self._stream.close()
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
         self._observer.ended(reason)
         self._state = "closed"

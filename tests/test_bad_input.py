@@ -165,7 +165,7 @@ async def test_unknown_session_is_404_session_not_found(
         ({"config": {"bogus": 1}}, "bogus"),
         ({"config": {"sample_rate": "16000"}}, "sample_rate"),
         ({"config": {"sample_rate": 100}}, "sample_rate"),
-        ({"config": {"channels": 2}}, "channels"),
+        ({"config": {"channels": 9}}, "channels"),
         ({"config": {"encoding": "opus"}}, "encoding"),
         ({"config": {"engine": "vosk"}}, "engine"),
         ({"config": {"language": "ko"}}, "language"),

@@ -251,7 +251,7 @@ async def test_bad_frames_get_errors_to_their_socket_and_bad_audio_closes_it(
         ("model=nova-3&interim_results=True", 400, "Invalid 'interim_results' value of 'True'"),
         ("model=nova-3&encoding=pcm", 400, "Invalid 'encoding' value of 'pcm'."),
         ("model=nova-3&encoding=linear16", 400, "'sample_rate' is required"),
-        ("model=nova-3&encoding=mulaw&sample_rate=8000", 400, "not supported by this gateway"),
+        ("model=nova-3&encoding=opus&sample_rate=48000", 400, "not supported by this gateway"),
         ("model=nova-3&language=ko", 400, "language: 'ko' is not available on engine 'local'"),
         ("model=nova-3&engine=nope", 400, "'nope' is not an engine"),
         ("model=nova-3&bogus=1", 400, "Unknown query parameter 'bogus'."),
@@ -344,7 +344,7 @@ async def test_a_file_posted_gets_deepgrams_prerecorded_answer(
 
     async with http.post(url, data=b"not audio at all") as resp:
         assert resp.status == 400
-        assert "not WAV" in resp.headers["dg-error"]
+        assert "no container" in resp.headers["dg-error"]
         assert (await resp.json())["err_code"] == "INVALID_QUERY_PARAMETER"
 
 

@@ -100,9 +100,10 @@ def listen_url(base: str, config: SessionConfig) -> str:
     params: dict[str, str | int | bool] = {
         "model": config.model or DEFAULT_MODEL,
         "language": config.language or DEFAULT_LANGUAGE,
-        "encoding": config.encoding,
+        # The session's decode stage gives every engine PCM16 mono at the session's rate.
+        "encoding": "linear16",
         "sample_rate": config.sample_rate,
-        "channels": config.channels,
+        "channels": 1,
         "interim_results": config.interim_results,
         "vad_events": True,
         "punctuate": True,
@@ -187,7 +188,7 @@ class DeepgramEngine(Engine):
         self._s = settings
         self._url = listen_url(settings.deepgram_url, config)
         self._auth = {"Authorization": f"Token {key.get_secret_value()}"}
-        self._bytes_per_s = config.sample_rate * _PCM16_BYTES * config.channels
+        self._bytes_per_s = config.sample_rate * _PCM16_BYTES
         self._replay_cap = int(settings.deepgram_replay_s * self._bytes_per_s) // 2 * 2
         # Audio not yet covered by a final; byte 0 of it is session byte _ring_start.
         self._ring = bytearray()

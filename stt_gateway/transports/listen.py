@@ -14,8 +14,8 @@ keep working (``docs/api.md`` v2, "Deepgram-compatible front"; the protocol is
   then close 1000; no frame for ``listen_inactivity_s`` → ``Metadata``, close 1011 NET-0001;
   undecodable audio → ``Metadata``, close 1008 DATA-0000; a malformed text frame → ``Error``
   ``SchemaError`` to that socket, which stays open (§3.5).
-- ``POST /v1/listen``: a whole file in the body (WAV, or raw ``linear16`` with ``encoding`` and
-  ``sample_rate``), answered with Deepgram's pre-recorded JSON once the engine is done; the
+- ``POST /v1/listen``: a whole file in the body (a container, or raw audio with ``encoding``
+  and ``sample_rate``), answered with Deepgram's pre-recorded JSON once the engine is done; the
   audio goes through the engine as fast as it takes it (no real-time pacing).
 - Refusals are Deepgram's: a status with ``dg-error`` and ``dg-request-id`` headers and an
   ``{"err_code", "err_msg", "request_id"}`` body (§1.3); a config the engine cannot serve is
@@ -26,9 +26,11 @@ taken on every engine and mean the engine's own model, which ``model_info`` name
 engine's own model name is taken too. ``keywords``, ``keyterm``, ``punctuate``,
 ``smart_format`` and the other formatting options are accepted and ignored where the engine
 cannot use them (``punctuate`` / ``smart_format`` decide whether words carry
-``punctuated_word``). Not yet served (a ``400`` naming them): encodings other than
-``linear16`` (and WAV), ``multichannel``, more than one raw channel, ``redact``, ``replace``,
-``search``, ``detect_entities`` and ``callback``.
+``punctuated_word``). Audio: raw ``linear16``, ``mulaw`` or ``alaw`` with ``encoding`` and
+``sample_rate`` (``channels`` mixed to mono), or with no ``encoding`` a container (WAV,
+Ogg/Opus, WebM/Opus, MP3, FLAC: the session's decode stage reads it and resamples it to
+``sample_rate``). Not yet served (a ``400`` naming them): other raw encodings,
+``multichannel``, ``redact``, ``replace``, ``search``, ``detect_entities`` and ``callback``.
 """
 
 from __future__ import annotations
@@ -37,20 +39,19 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from .. import __version__
 from .. import deepgram_wire as wire
-from ..errors import BadControlMessage, GatewayError
+from ..decode import Container, Encoding, describe, sniff
+from ..errors import BadControlMessage, GatewayError, UnsupportedAudio
 from ..eventlog import Subscription
 from ..events import (
     EVENT_ADAPTER,
@@ -112,7 +113,7 @@ class ListenParams:
     Attributes:
         config: the session config (``model`` None: the engine's own).
         model: the model the client named (``nova-3`` if it named none).
-        raw: audio is raw ``linear16``; otherwise a WAV container is expected (§1.5).
+        raw: audio is raw (``encoding`` given); otherwise a container is expected (§1.5).
         vad_events: send ``SpeechStarted``.
         utterance_end: send ``UtteranceEnd``.
         speech_final: report endpoints (``endpointing`` not ``false``).
@@ -148,16 +149,18 @@ def parse_params(query: MultiMapping[str], default_engine: str) -> ListenParams:
     if encoding is not None:
         if encoding not in wire.ENCODINGS:
             raise wire.ParamError(f"Invalid 'encoding' value of '{encoding}'.")
-        if encoding != "linear16":
+        if encoding not in ("linear16", "mulaw", "alaw"):
             raise wire.ParamError(
-                f"encoding '{encoding}' is not supported by this gateway yet: send linear16, "
-                f"or a WAV file with no encoding."
+                f"raw encoding '{encoding}' is not supported by this gateway yet: send "
+                f"linear16, mulaw or alaw, or a container (WAV, Ogg, WebM, MP3, FLAC) with no "
+                f"encoding."
             )
         if "sample_rate" not in one:
             raise wire.ParamError("'sample_rate' is required when 'encoding' is set.")
     sample_rate = wire.int_value("sample_rate", one.get("sample_rate", "16000"), 8000, 96000)
-    if wire.int_value("channels", one.get("channels", "1"), 1, 20) != 1:
-        raise wire.ParamError("more than one raw channel is not supported by this gateway yet.")
+    channels = wire.int_value("channels", one.get("channels", "1"), 1, 20)
+    if channels > 8:
+        raise wire.ParamError("more than 8 raw channels are not supported by this gateway.")
     endpointing_ms: int | None = None
     speech_final = True
     match one.get("endpointing"):
@@ -186,6 +189,8 @@ def parse_params(query: MultiMapping[str], default_engine: str) -> ListenParams:
             model=engine_model,
             interim_results=interim,
             sample_rate=sample_rate,
+            encoding=cast(Encoding, encoding or "linear16"),
+            channels=channels if encoding else 1,
             endpointing_ms=endpointing_ms,
             # UtteranceEnd needs interim results (§1.4).
             utterance_end_ms=utterance_end_ms if interim else None,
@@ -250,110 +255,64 @@ def _refusal(
 # -- audio in ---------------------------------------------------------------------------------
 
 
-class BadAudio(Exception):
-    """The bytes cannot be the audio the query announced (``DATA-0000``)."""
-
-
-_WAV_HEADER_MAX = 64 * 1024
-"""A WAV header longer than this (bytes, before the data chunk) is not taken."""
-
-
 class AudioIn:
-    """Bytes as a Deepgram client sends them → PCM16 mono.
+    """Bytes as a Deepgram client sends them, made ready for :meth:`Session.feed`.
 
-    Raw ``linear16`` passes through (an odd trailing byte waits for the next chunk, as
-    Deepgram takes any chunk size, §2.1). Otherwise a WAV header is expected first (§1.5): its
-    sample rate, channel count and 16-bit PCM are read from it, and stereo is mixed to mono.
+    Raw audio (``encoding`` given) is passed on in whole frames: Deepgram takes any chunk size
+    (§2.1), so a partial frame waits for the next chunk. Without ``encoding`` the stream must
+    be a container (§1.5): its first bytes are checked, then it goes on as it came (the
+    session's decode stage reads it).
 
     Args:
-        raw: the stream is raw ``linear16`` at ``sample_rate``.
-        sample_rate: Hz of raw audio.
+        frame_bytes: bytes per raw frame (sample bytes × channels); None: a container.
     """
 
-    def __init__(self, raw: bool, sample_rate: int) -> None:
-        self._header: bytearray | None = None if raw else bytearray()
-        self.sample_rate: int | None = sample_rate if raw else None
-        """Hz; None until a WAV header said."""
-        self._channels = 1
-        self._carry = b""
-
-    @property
-    def ready(self) -> bool:
-        """Whether the format is known (raw, or the WAV header is in)."""
-        return self._header is None
+    def __init__(self, frame_bytes: int | None) -> None:
+        self._frame = frame_bytes
+        self._held = b""  # a partial raw frame, or the first bytes of a container
+        self._checked = frame_bytes is not None
 
     def push(self, data: bytes) -> bytes:
-        """The PCM16 mono held in ``data`` (b"" while a WAV header is still coming).
+        """What of ``data`` (and earlier bytes held) may be fed now.
 
         Raises:
-            BadAudio: not a WAV stream, or a WAV this gateway cannot read (the message says
-                what it saw).
+            UnsupportedAudio: no ``encoding`` was given and the stream is no container.
         """
-        if self._header is not None:
-            self._header += data
-            found = _wav_header(self._header)
-            if found is None:
-                if len(self._header) > _WAV_HEADER_MAX:
-                    raise BadAudio("the WAV header does not end within 64 KB")
+        if self._held:
+            data, self._held = self._held + data, b""
+        if not self._checked:
+            what = sniff(data[:8])
+            if what is False:
+                self._held = data
                 return b""
-            self.sample_rate, self._channels, offset = found
-            data, self._header = bytes(self._header[offset:]), None
-        frame = 2 * self._channels
-        if self._carry:
-            data = self._carry + data
-        cut = len(data) - len(data) % frame
-        self._carry = data[cut:]
-        data = data[:cut]
-        if self._channels > 1 and data:
-            samples = np.frombuffer(data, dtype="<i2").reshape(-1, self._channels)
-            data = samples.mean(axis=1).astype("<i2").tobytes()
-        return data
-
-
-def _wav_header(buf: bytearray) -> tuple[int, int, int] | None:
-    """``(sample rate Hz, channels, offset of the first sample)`` once ``buf`` holds a whole
-    RIFF/WAVE header up to its ``data`` chunk; None while it may still come.
-
-    Raises:
-        BadAudio: not RIFF/WAVE, or not 16-bit PCM with 1 or 2 channels.
-    """
-    head = bytes(buf[:12])
-    if not (b"RIFF".startswith(head[:4]) and b"WAVE".startswith(head[8:12])):
-        shown = head[:12].hex(" ")
-        raise BadAudio(
-            f"no encoding was given and the audio is not WAV (it starts with {shown}); for "
-            f"raw audio send encoding=linear16&sample_rate=<Hz>"
-        )
-    pos, fmt = 12, None
-    while len(buf) >= pos + 8:
-        chunk_id, size = bytes(buf[pos : pos + 4]), int.from_bytes(buf[pos + 4 : pos + 8], "little")
-        if chunk_id == b"data":
-            if fmt is None:
-                raise BadAudio("the WAV data chunk comes before its fmt chunk")
-            return fmt[0], fmt[1], pos + 8
-        if len(buf) < pos + 8 + size:
-            return None
-        if chunk_id == b"fmt ":
-            if size < 16:
-                raise BadAudio("the WAV fmt chunk is too short")
-            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", buf[pos + 8 : pos + 24])
-            if tag not in (1, 0xFFFE) or bits != 16 or channels not in (1, 2):
-                raise BadAudio(
-                    f"WAV with format {tag}, {bits}-bit, {channels} channels: this gateway "
-                    f"takes 16-bit PCM, mono or stereo"
+            if not isinstance(what, Container):
+                raise UnsupportedAudio(
+                    f"no encoding was given and the audio is no container (it starts with "
+                    f"{describe(data)}); for raw audio send encoding=linear16&sample_rate=<Hz>"
                 )
-            if not 8000 <= rate <= 96000:
-                raise BadAudio(f"WAV at {rate} Hz: this gateway takes 8000–96000 Hz")
-            fmt = (rate, channels)
-        pos += 8 + size + (size & 1)
-    return None
+            self._checked = True
+        if self._frame is None or self._frame == 1:
+            return data
+        cut = len(data) - len(data) % self._frame
+        self._held = data[cut:]
+        return data[:cut]
 
 
-async def _feed(session: Session, pcm: bytes, producer: object | None, limit: int) -> None:
-    """Feed ``pcm`` in pieces of at most ``limit`` bytes (Deepgram takes any chunk size)."""
-    step = limit - limit % 4
-    for i in range(0, len(pcm), step):
-        await session.feed(pcm[i : i + step], producer)
+async def _feed(session: Session, data: bytes, producer: object | None, limit: int) -> bytes:
+    """Feed ``data`` in pieces of at most ``limit`` bytes (Deepgram takes any chunk size; a
+    multiple of 8 bytes keeps raw frames whole); the PCM16 it gave."""
+    step = limit - limit % 8
+    return b"".join(
+        [await session.feed(data[i : i + step], producer) for i in range(0, len(data), step)]
+    )
+
+
+def _frame_bytes(params: ListenParams) -> int | None:
+    """Bytes per raw frame of the query's audio; None: a container."""
+    if not params.raw:
+        return None
+    config = params.config
+    return (2 if config.encoding == "linear16" else 1) * config.channels
 
 
 # -- our events → Deepgram's messages -----------------------------------------------------
@@ -483,10 +442,8 @@ class _Front:
         self._session = session
         self._ws = ws
         self._encoder = encoder
-        self._audio = AudioIn(params.raw, params.config.sample_rate)
-        self._limit = (
-            session.config.sample_rate * 2
-        )  # 1 s per feed: a sender's chunk may be any size
+        self._audio = AudioIn(_frame_bytes(params))
+        self._limit = limit  # a sender's chunk may be any size: fed in pieces
         self.close_code = wire.CLOSE_NORMAL
         self.close_reason = ""
         self.closing: asyncio.Future[Any] | None = None
@@ -504,20 +461,12 @@ class _Front:
             self.end("client_closed")  # the old end-of-stream signal (§2.1)
             return
         try:
-            pcm = self._audio.push(data)
-        except BadAudio as exc:
-            self.end("bad_audio", wire.CLOSE_DATA, wire.data0000_reason(str(exc)))
-            return
-        if self._audio.sample_rate != self._session.config.sample_rate:
-            why = (
-                f"WAV at {self._audio.sample_rate} Hz on a {self._session.config.sample_rate} "
-                f"Hz stream: add sample_rate={self._audio.sample_rate} to the URL"
-            )
-            self.end("bad_audio", wire.CLOSE_DATA, wire.data0000_reason(why))
+            pcm = await _feed(self._session, self._audio.push(data), self._ws, self._limit)
+        except UnsupportedAudio as exc:
+            self.end("bad_audio", wire.CLOSE_DATA, wire.data0000_reason(exc.message))
             return
         if pcm:
             self._encoder.digest.update(pcm)
-            await _feed(self._session, pcm, self._ws, self._limit)
 
     async def text(self, data: str) -> None:
         try:
@@ -599,7 +548,7 @@ async def listen(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await writer
     finally:
-        session.release_producer(ws)
+        await session.release_producer(ws)
         connected.dec()
         sub.close()
         writer.cancel()
@@ -653,29 +602,22 @@ async def transcribe_file(request: web.Request) -> web.Response:
     params = parse_params(request.query, settings.default_engine)
     who = caller(request)
     who.require_any(("sessions:create",))
-    audio = AudioIn(params.raw, params.config.sample_rate)
-    session: Session | None = None
-    digest: wire.AudioDigest | None = None
+    audio = AudioIn(_frame_bytes(params))
+    session = await request.app[REGISTRY].create(params.config, owner=who.key_id)
+    digest = wire.AudioDigest(params.config.sample_rate * 2)
     try:
         async for chunk in _body_chunks(request, settings.max_file_bytes):
             try:
-                pcm = audio.push(chunk)
-            except BadAudio as exc:
-                raise wire.ParamError(f"Bad audio: {exc}.") from None
-            if session is None and audio.ready:
-                assert audio.sample_rate is not None
-                config = params.config.model_copy(update={"sample_rate": audio.sample_rate})
-                session = await request.app[REGISTRY].create(config, owner=who.key_id)
-                digest = wire.AudioDigest(audio.sample_rate * 2)
-            if pcm and session is not None and digest is not None:
-                digest.update(pcm)
-                await _feed(session, pcm, None, settings.max_chunk_bytes)
-        if session is None or digest is None or digest.duration_s == 0:
+                pcm = await _feed(session, audio.push(chunk), None, settings.max_chunk_bytes)
+            except UnsupportedAudio as exc:
+                raise wire.ParamError(f"Bad audio: {exc.message}.") from None
+            digest.update(pcm)
+        await session.release_producer(None)  # the end of the file: the decoder's last samples
+        if digest.duration_s == 0:
             raise wire.ParamError("Bad audio: the body holds no audio.")
         transcript = await session.close()
     except BaseException:
-        if session is not None:
-            await session.close("client_closed")
+        await session.close("client_closed")
         raise
     encoder = Encoder(session, params)
     encoder.digest = digest

@@ -6,7 +6,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..audio import decode_base64, duration_ms
-from ..errors import BadRequestBody, ChunkTooLarge, InvalidConfig, UnsupportedMediaType
+from ..errors import (
+    BadRequestBody,
+    ChunkTooLarge,
+    InvalidConfig,
+    UnsupportedAudio,
+    UnsupportedMediaType,
+)
 from ..models import (
     AudioAccepted,
     AudioBody,
@@ -117,23 +123,28 @@ async def get_transcript(request: web.Request) -> web.Response:
 
 @routes.post("/sessions/{id}/audio")
 async def post_audio(request: web.Request) -> web.Response:
-    """``POST /sessions/{id}/audio``: one PCM16 chunk, JSON base64 or raw octet-stream → 202.
+    """``POST /sessions/{id}/audio``: the next chunk of the session's audio (PCM16 or what
+    the session's config or the stream's first bytes say: G.711, WAV, Ogg, WebM, MP3, FLAC),
+    JSON base64 or the bytes themselves (``application/octet-stream`` or ``audio/*``) → 202
+    ``{"bytes", "audio_ms"}`` (``audio_ms``: the audio decoded from it so far).
 
     Errors: 400 bad base64 / odd byte count / empty chunk / bad body, 404 unknown session,
     409 closed session or another connection producing, 413 oversized chunk, 415 other
-    content types, 429 the engine is ``max_audio_lead_s`` behind (with ``Retry-After``).
+    content types or ``unsupported_media_type`` (bytes that are no audio decoded here), 429
+    the engine is ``max_audio_lead_s`` behind (with ``Retry-After``).
     """
     session = session_of(request, "session:publish")
     limit = request.app[SETTINGS].max_chunk_bytes
     ctype = request.content_type
     if ctype == "application/json":
         limit_body = limit * 4 // 3 + _JSON_OVERHEAD_BYTES
-    elif ctype == "application/octet-stream":
-        limit_body = limit
+    elif ctype == "application/octet-stream" or ctype.startswith("audio/"):
+        limit_body = limit  # the bytes are recognised by what they hold, not by the type
     else:
         raise UnsupportedMediaType(
             f"Content-Type {ctype!r} is not taken here: send application/json "
-            f'{{"audio_data": "<base64>"}} or application/octet-stream raw PCM16'
+            f'{{"audio_data": "<base64>"}}, or the bytes as application/octet-stream or '
+            f"audio/*"
         )
     if request.content_length is not None and request.content_length > limit_body:
         raise ChunkTooLarge(
@@ -149,8 +160,12 @@ async def post_audio(request: web.Request) -> web.Response:
         pcm = decode_base64(body.audio_data)
     else:
         pcm = raw
-    await session.feed(pcm, wait=False)  # 429 rather than hold a request while the engine lags
+    try:
+        # 429 rather than hold a request while the engine lags
+        heard = await session.feed(pcm, wait=False)
+    except UnsupportedAudio as exc:
+        raise UnsupportedMediaType(exc.message) from None
     return model_response(
-        AudioAccepted(bytes=len(pcm), audio_ms=duration_ms(len(pcm), session.config.sample_rate)),
+        AudioAccepted(bytes=len(pcm), audio_ms=duration_ms(len(heard), session.config.sample_rate)),
         status=202,
     )

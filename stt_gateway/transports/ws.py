@@ -98,7 +98,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             metrics=metrics,
         )
     finally:
-        session.release_producer(ws)
+        await session.release_producer(ws)
         if sub is not None:
             connected.dec()
             sub.close()
