@@ -1,0 +1,116 @@
+"""Audio as clients send it (``docs/api.md`` v2, "Audio in, beyond linear16"): containers,
+telephony G.711 and stereo, split at random byte boundaries over WebSocket frames and POST
+chunks, on a real gateway with real speech."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.audio_convert import FORMATS, TELEPHONY, Converted, convert
+from tests.audio_files import Clip, clips, wer
+from tests.conftest import Gateway, StartGateway, direct_finals, direct_whisper_finals
+from tests.gateway_client import Received, create_session, follow_ws
+
+
+def cut(data: bytes, seed: int, frame_bytes: int = 1, most: int = 6000) -> list[bytes]:
+    """``data`` in random-sized pieces (multiples of ``frame_bytes``)."""
+    rnd = random.Random(seed)
+    pieces, i = [], 0
+    while i < len(data):
+        n = rnd.randint(1, most // frame_bytes) * frame_bytes
+        pieces.append(data[i : i + n])
+        i += n
+    return pieces
+
+
+async def over_ws(http: aiohttp.ClientSession, base: str, audio: Converted, seed: int) -> Received:
+    """One session: ``audio`` in random-sized binary frames as fast as the gateway reads
+    them, then ``close``; every event the socket got."""
+    session = await create_session(http, base, audio.config)
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    for piece in cut(audio.data, seed, audio.frame_bytes):
+        await ws.send_bytes(piece)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 120)
+    return received
+
+
+async def post_chunk(http: aiohttp.ClientSession, url: str, piece: bytes) -> dict[str, Any]:
+    """POST one chunk, again after ``Retry-After`` while the engine is behind (429)."""
+    while True:
+        async with http.post(
+            url, data=piece, headers={"Content-Type": "application/octet-stream"}
+        ) as resp:
+            body: dict[str, Any] = await resp.json()
+            if resp.status != 429:
+                assert resp.status == 202, body
+                return body
+            await asyncio.sleep(float(resp.headers["Retry-After"]) / 4)
+
+
+async def over_post(http: aiohttp.ClientSession, base: str, audio: Converted, seed: int) -> str:
+    """One session: ``audio`` POSTed in random-sized chunks, then ``DELETE``; its transcript."""
+    session = await create_session(http, base, audio.config)
+    for piece in cut(audio.data, seed, audio.frame_bytes):
+        await post_chunk(http, session["audio_url"], piece)
+    async with http.delete(f"{base}/sessions/{session['session_id']}") as resp:
+        assert resp.status == 200
+        text: str = (await resp.json())["transcript"]
+        return text
+
+
+LOSSLESS = ("wav", "flac")
+"""Formats whose decoded samples are the clip's own: the transcript is the PCM16 run's."""
+
+
+@pytest.mark.parametrize("name", FORMATS)
+async def test_every_format_split_two_ways_gives_one_transcript(
+    gateway: Gateway, http: aiohttp.ClientSession, name: str
+) -> None:
+    """Each shared clip in ``name``, over WS frames and over POST chunks cut at random bytes:
+    the two transcripts are identical, all the audio is heard, and a lossless format's
+    transcript is the PCM16 run's (engine ``local``)."""
+    for c in clips():  # one clip at a time: two sessions, not twelve, share the engine
+        audio = convert(c, name)
+        events, posted = await asyncio.gather(
+            over_ws(http, gateway.base, audio, seed=1), over_post(http, gateway.base, audio, 2)
+        )
+        assert not events.of_type("error"), events.of_type("error")
+        heard = events.of_type("session_end")[0]["data"]["audio_seconds"]
+        assert heard == pytest.approx(c.seconds, abs=0.05)
+        text = events.finals_text()
+        assert text == posted, f"{c.name}: split two ways, two transcripts"
+        if name in LOSSLESS:
+            assert text == " ".join(f.text for f in direct_finals(c)), c.name
+
+
+@pytest.mark.parametrize("name", [f for f in FORMATS if f not in LOSSLESS])
+async def test_lossy_formats_transcribe_within_the_pcm16_wer(
+    start_gateway: StartGateway, http: aiohttp.ClientSession, name: str
+) -> None:
+    """Each shared clip in a lossy or changed format (Opus, MP3, 8 kHz G.711, one channel of
+    two) on engine ``whisper``: WER within 0.05 of the PCM16 run's (telephony 0.15, 8 kHz
+    loses bandwidth). Whisper is the engine here because it, unlike pocketsphinx, hears
+    through codec artefacts as a person does (the local engine's WER moves by 0.05–0.4 with
+    MP3 or μ-law alone)."""
+    gateway = await start_gateway(whisper_pass_timeout_s=120.0)
+    bound = 0.15 if name in TELEPHONY else 0.05
+
+    async def one(c: Clip) -> None:
+        audio = convert(c, name)
+        audio = Converted(audio.data, audio.config | {"engine": "whisper"}, audio.frame_bytes)
+        events = await over_ws(http, gateway.base, audio, seed=3)
+        assert not events.of_type("error"), events.of_type("error")
+        text = events.finals_text()
+        pcm16 = " ".join(f.text for f in direct_whisper_finals(c))
+        assert wer(c.reference, text) <= wer(c.reference, pcm16) + bound, (c.name, text, pcm16)
+
+    for pair in (clips()[i : i + 2] for i in range(0, len(clips()), 2)):
+        await asyncio.gather(*(one(c) for c in pair))
