@@ -48,11 +48,12 @@ def encode(
     buf = io.BytesIO()
     with av.open(buf, "w", format=muxer) as box:
         stream = box.add_stream(codec, rate=out_rate or rate, layout=layout)
+        assert isinstance(stream, av.AudioStream)
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(samples.T.reshape(1, -1)), format="s16", layout=layout
         )
         frame.sample_rate = rate
-        fmt = stream.codec_context.format.name
+        fmt = stream.codec_context.format.name  # the codec's sample format (Opus: flt)
         resampler = av.AudioResampler(format=fmt, layout=layout, rate=out_rate or rate)
         for piece in [*resampler.resample(frame), *resampler.resample(None)]:
             box.mux(stream.encode(piece))
