@@ -14,8 +14,9 @@ producer's WebSocket, or a session's POST chunks):
   mono and resampled with soxr. A stream split at any byte boundary decodes the same.
 - Bytes that are plainly no audio (a zip, a PDF, an image) or a container the gateway does
   not stream (MP4) raise :class:`~stt_gateway.errors.UnsupportedAudio` naming what they
-  looked like; so does a container FFmpeg cannot decode. The stream then starts over: the
-  next bytes are sniffed afresh.
+  looked like; so does a container FFmpeg cannot decode. The stream then starts over at the
+  next container header: bytes before it (the rest of the bad stream) are refused too,
+  never heard as raw samples.
 """
 
 from __future__ import annotations
@@ -159,26 +160,26 @@ def wav_header(buf: bytes | bytearray) -> WavFormat | None:
         UnsupportedAudio: not RIFF/WAVE, the header is over 64 KB, or its format is impossible.
     """
     if not (buf[:4] == b"RIFF" and (len(buf) < 12 or buf[8:12] == b"WAVE")):
-        raise UnsupportedAudio(f"a RIFF file that is not WAVE (it starts {describe(buf)})")
+        raise UnsupportedAudio(f"the stream is RIFF but not WAVE (it starts {describe(buf)})")
     pos, fmt = 12, None
     while len(buf) >= pos + 8:
         chunk_id, size = bytes(buf[pos : pos + 4]), int.from_bytes(buf[pos + 4 : pos + 8], "little")
         if chunk_id == b"data":
             if fmt is None:
-                raise UnsupportedAudio("a WAV whose data chunk comes before its fmt chunk")
+                raise UnsupportedAudio("the WAV's data chunk comes before its fmt chunk")
             return WavFormat(fmt[0], fmt[1], fmt[2], pos + 8)
         if len(buf) < pos + 8 + size:
             break
         if chunk_id == b"fmt ":
             if size < 16:
-                raise UnsupportedAudio("a WAV whose fmt chunk is too short")
+                raise UnsupportedAudio("the WAV's fmt chunk is too short")
             tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", buf[pos + 8 : pos + 24])
             if not 1 <= channels <= 8 or not 1000 <= rate <= 384_000:
-                raise UnsupportedAudio(f"a WAV with {channels} channels at {rate} Hz")
+                raise UnsupportedAudio(f"the WAV says {channels} channels at {rate} Hz")
             fmt = (rate, channels, tag in (1, 0xFFFE) and bits == 16)
         pos += 8 + size + (size & 1)
     if len(buf) > _WAV_HEADER_MAX:
-        raise UnsupportedAudio("a WAV whose header does not end within 64 KB")
+        raise UnsupportedAudio("the WAV's header does not end within 64 KB")
     return None
 
 
@@ -259,6 +260,9 @@ class _Wav:
 _AVIO_BUFFER = 4096
 """Bytes PyAV asks for at a time (its default, 32 KB, is larger than a live stream's frames)."""
 _OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
+_FIRST_FRAME_WITHIN = 256 * 1024
+"""Bytes a container may take before its first decoded audio (a demuxer fed garbage after
+a valid header keeps looking for a sync point; a live stream would never end it)."""
 """The format is known from the magic bytes: no probing ahead, which holds up the first frame
 of MP3 and of non-PCM WAV by several KB. (``fflags=nobuffer`` was tried: it loses frames.)"""
 
@@ -282,6 +286,7 @@ class _FFmpeg:
         self._error: str | None = None
         self._done = False
         self._consumed = 0
+        self._decoded = 0  # samples out so far
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
@@ -328,8 +333,10 @@ class _FFmpeg:
         with self._cond:
             out, self._out = self._out, []
             error = self._error
+            if eof and error is None and not self._decoded:
+                error = f"the {self._container.name} stream held no audio ({self._consumed} bytes)"
         if error is not None:
-            raise UnsupportedAudio(error)
+            raise UnsupportedAudio(error, b"".join(out))
         return b"".join(out)
 
     # -- the thread's side
@@ -346,6 +353,12 @@ class _FFmpeg:
             while not self._in and not self._eof:
                 self._wake()
                 self._cond.wait()
+            if not self._decoded and self._consumed > _FIRST_FRAME_WITHIN:
+                self._error = (
+                    f"no {self._container.name} audio could be decoded from the first "
+                    f"{self._consumed} bytes"
+                )
+                return b""  # the end, for FFmpeg
             n = len(self._in) if size < 0 else min(size, len(self._in))
             chunk = bytes(self._in[:n])
             del self._in[:n]
@@ -364,7 +377,7 @@ class _FFmpeg:
                 options=_OPEN_OPTIONS,
             ) as box:
                 if not box.streams.audio:
-                    raise UnsupportedAudio(f"a {name} stream with no audio track")
+                    raise UnsupportedAudio(f"the {name} stream has no audio track")
                 stream = box.streams.audio[0]
                 mono = av.AudioResampler(format="s16", layout="mono")
                 for packet in box.demux(stream):
@@ -381,7 +394,7 @@ class _FFmpeg:
         except UnsupportedAudio as exc:
             self._fail(exc.message)
         except (av.FFmpegError, ValueError, IndexError) as exc:
-            self._fail(f"a {name} stream FFmpeg cannot decode past byte {self._consumed}: {exc}")
+            self._fail(f"the {name} stream cannot be decoded past byte {self._consumed}: {exc}")
         finally:
             with self._cond:
                 self._done = True
@@ -390,11 +403,13 @@ class _FFmpeg:
     def _emit(self, samples: Int16Array) -> None:
         if samples.size:
             with self._cond:
+                self._decoded += samples.size
                 self._out.append(samples.astype("<i2", copy=False).tobytes())
 
     def _fail(self, message: str) -> None:
         with self._cond:
-            self._error = message
+            if self._error is None:  # the first cause, not FFmpeg's "end of file" after it
+                self._error = message
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -434,6 +449,7 @@ class AudioStream:
         self._raw: _Raw | None = None
         self._wav: _Wav | None = None
         self._ffmpeg: _FFmpeg | None = None
+        self._failed: str | None = None  # why the stream went bad; cleared by a new header
         self.passthrough = False
         """True once the stream is known to be ``linear16`` mono at ``out_rate``: a chunk
         that passes :func:`~stt_gateway.audio.check_chunk` is its own PCM (the fast path)."""
@@ -459,7 +475,8 @@ class AudioStream:
         Raises:
             EmptyAudio, ChunkTooLarge: the chunk is empty or over the limit.
             OddByteCount: raw ``linear16`` that is not whole 2-byte samples.
-            UnsupportedAudio: bytes that are no audio taken here; the stream starts over.
+            UnsupportedAudio: bytes that are no audio taken here (what was decoded before the
+                failure is the error's ``decoded``); the stream starts over.
         """
         if self.passthrough or (self._raw is not None and self._encoding == "linear16"):
             check_chunk(data, self._max)  # raw PCM16 keeps v1's checks, odd counts refused
@@ -467,8 +484,9 @@ class AudioStream:
             check_chunk(data, self._max, whole_samples=False)
         try:
             return await self._decode(data)
-        except UnsupportedAudio:
+        except UnsupportedAudio as exc:
             self._reset()
+            self._failed = exc.message
             raise
 
     async def _decode(self, data: bytes) -> bytes:
@@ -494,6 +512,14 @@ class AudioStream:
             self._head = head
             return b""
         self._head = b""
+        if self._failed is not None and not isinstance(what, Container):
+            # The rest of a stream that went bad is not heard as raw samples: only a new
+            # container's header starts the stream over.
+            raise UnsupportedAudio(
+                f"this stream could not be decoded ({self._failed}); start a new one with "
+                f"its container header, or on a new connection"
+            )
+        self._failed = None
         if isinstance(what, str):
             raise UnsupportedAudio(f"these bytes look like {what}, not audio ({describe(head)})")
         if what is None:
@@ -519,8 +545,8 @@ class AudioStream:
         starts over: the next bytes are sniffed afresh).
 
         Raises:
-            UnsupportedAudio: FFmpeg failed on the stream's last bytes (what it decoded before
-                is lost to this call; earlier calls returned the rest).
+            UnsupportedAudio: FFmpeg failed on the stream's last bytes, or the stream held no
+                audio at all (what it decoded before the failure is the error's ``decoded``).
         """
         try:
             if self._ffmpeg is not None:

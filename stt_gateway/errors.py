@@ -234,10 +234,19 @@ class UnsupportedMediaType(AudioError):
 class UnsupportedAudio(AudioError):
     """Bytes that are no audio the gateway decodes (a zip, an MP4, a container FFmpeg cannot
     read); the message names what they looked like. The stream starts over: the next bytes
-    are recognised afresh."""
+    are recognised afresh.
+
+    Attributes:
+        decoded: PCM16 decoded from the stream before the failure (the session still hears
+            it: a stream that goes bad loses only what comes after).
+    """
 
     code = "unsupported_audio"
     status = 415
+
+    def __init__(self, message: str, decoded: bytes = b"") -> None:
+        super().__init__(message)
+        self.decoded = decoded
 
 
 class ChunkTooLarge(AudioError):

@@ -289,7 +289,12 @@ class Session:
             return data
         async with self._decoding:
             self._check_open()  # closed while this chunk waited for the one before
-            pcm = await self._stream.decode(data)
+            try:
+                pcm = await self._stream.decode(data)
+            except UnsupportedAudio as exc:
+                if exc.decoded:  # what the stream held before it went bad is kept
+                    await self._hear(exc.decoded)
+                raise
             if pcm:
                 await self._hear(pcm)
             return pcm
@@ -313,8 +318,10 @@ class Session:
             try:
                 pcm = await self._stream.drain()
             except UnsupportedAudio as exc:
+                # The producer's own input, but it has gone (or the session is closing):
+                # every subscriber learns why the stream's end was not heard.
                 self._publish_error(ErrorData(code=exc.code, message=exc.message))
-                return
+                pcm = exc.decoded
             if pcm and self._pump is not None and not self._pump.done():
                 await self._hear(pcm)
 

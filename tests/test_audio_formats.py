@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.audio_convert import FORMATS, TELEPHONY, Converted, convert
-from tests.audio_files import Clip, clips, wer
+from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals, direct_whisper_finals
 from tests.gateway_client import Received, create_session, follow_ws
 
@@ -114,3 +114,70 @@ async def test_lossy_formats_transcribe_within_the_pcm16_wer(
 
     for pair in (clips()[i : i + 2] for i in range(0, len(clips()), 2)):
         await asyncio.gather(*(one(c) for c in pair))
+
+
+async def test_bad_streams_get_a_clear_error_and_harm_no_one(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """Garbage after a valid WebM header (WS), a zip sent as audio (POST) and a truncated
+    FLAC (WS), each beside a neighbour streaming real speech: the sender gets
+    ``unsupported_audio`` / ``415 unsupported_media_type`` naming what was wrong, its session
+    still takes good audio afterwards, and the neighbour's transcript is its PCM16 run's."""
+    c, other = clip("goforward"), clip("librivox-sns-0880")
+    expected = " ".join(f.text for f in direct_finals(c))
+    neighbour = asyncio.create_task(over_ws(http, gateway.base, convert(other, "wav"), seed=4))
+
+    # Garbage after a WebM header: the error names the stream; the socket then sends a WAV.
+    webm = convert(c, "webm-opus").data
+    garbage = random.Random(5).randbytes(320 * 1024)  # decoding gives up after 256 KB
+    session = await create_session(http, gateway.base)
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    for i in range(0, 200 + len(garbage), 64 * 1024):  # its last frame is refused
+        await ws.send_bytes((webm[:200] + garbage)[i : i + 64 * 1024])
+    await ws.send_bytes(b"\0\0" * 1600)  # the rest of a bad stream: refused too
+    for piece in cut(convert(c, "wav").data, seed=7):  # a new stream: heard
+        await ws.send_bytes(piece)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 60)
+    error, *rest = received.of_type("error")
+    assert error["data"]["code"] == "unsupported_audio"
+    assert "WebM" in error["data"]["message"]
+    assert "seq" not in error  # to this socket only
+    assert rest
+    assert all("new connection" in e["data"]["message"] for e in rest), rest
+    assert received.finals_text() == expected
+    assert not [e for e in received.logged if e["event_type"] == "error"]
+
+    # A zip sent as audio: 415 naming it; the session then takes an Ogg stream.
+    session = await create_session(http, gateway.base)
+    async with http.post(
+        session["audio_url"],
+        data=b"PK\x03\x04" + bytes(2000),
+        headers={"Content-Type": "audio/wav"},
+    ) as resp:
+        assert resp.status == 415
+        body = await resp.json()
+        assert body["error"]["code"] == "unsupported_media_type"
+        assert "zip archive" in body["error"]["message"]
+    for piece in cut(convert(c, "ogg-opus").data, seed=8):
+        await post_chunk(http, session["audio_url"], piece)
+    async with http.delete(f"{gateway.base}/sessions/{session['session_id']}") as resp:
+        assert resp.status == 200
+        assert wer(c.reference, (await resp.json())["transcript"]) <= wer(c.reference, expected)
+
+    # A truncated FLAC: what it held is heard; its bad end is said, with a seq, to everyone.
+    flac = convert(other, "flac").data
+    events = await over_ws(http, gateway.base, Converted(flac[: len(flac) * 6 // 10], {}), 9)
+    errors = events.of_type("error")
+    assert [e["data"]["code"] for e in errors] == ["unsupported_audio"]
+    assert "FLAC" in errors[0]["data"]["message"]
+    assert "seq" in errors[0]
+    assert events.of_type("session_end")[0]["data"]["audio_seconds"] > other.seconds / 3
+    assert events.finals_text()
+
+    near = await neighbour
+    assert near.finals_text() == " ".join(f.text for f in direct_finals(other))
+    async with http.get(f"{gateway.base}/health") as resp:
+        assert resp.status == 200
