@@ -1,7 +1,8 @@
 """The ``stt-gateway`` command (also ``python -m stt_gateway``).
 
-``serve`` (the default) runs the gateway; ``stream FILE`` sends a WAV or raw PCM16 file to a
-running gateway and prints its transcript; ``follow SESSION_ID`` prints a session's events.
+``serve`` (the default) runs the gateway; ``stream FILE`` sends an audio file as it is (WAV,
+Ogg, WebM, MP3, FLAC, or raw PCM16 / G.711) to a running gateway and prints its transcript;
+``follow SESSION_ID`` prints a session's events.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime (s)")
 
     for name, what in (
-        ("stream", "stream a WAV or raw PCM16 file to a gateway"),
+        ("stream", "stream an audio file (WAV, Ogg, WebM, MP3, FLAC or raw) to a gateway"),
         ("follow", "print a session's events (resumes after drops)"),
     ):
         p = sub.add_parser(name, help=what)
@@ -84,7 +85,16 @@ def _parser() -> argparse.ArgumentParser:
                 "--fast", action="store_true", help="send as fast as possible, not in real time"
             )
             p.add_argument(
-                "--rate", type=int, default=16_000, help="sample rate (Hz) of a raw (non-WAV) file"
+                "--encoding",
+                choices=("linear16", "mulaw", "alaw"),
+                default="linear16",
+                help="encoding of a raw file (no container); e.g. mulaw for telephony",
+            )
+            p.add_argument(
+                "--rate", type=int, default=16_000, help="sample rate (Hz) of a raw file"
+            )
+            p.add_argument(
+                "--channels", type=int, default=1, help="interleaved channels of a raw file"
             )
             p.add_argument("--engine", help="local, whisper or deepgram (default: the gateway's)")
             p.add_argument("--language", help="BCP-47 tag, e.g. ko")
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.file,
                     fast=args.fast,
                     as_json=args.json,
-                    raw_rate=args.rate,
+                    raw=(args.encoding, args.rate, args.channels),
                     config=config,
                     api_key=args.api_key,
                 )

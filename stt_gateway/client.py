@@ -12,31 +12,62 @@ import json
 import shutil
 import sys
 import time
-import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import av
+
+from .decode import Container, sniff
 
 FRAME_MS = 20
 
 
-def read_audio(path: Path, raw_rate: int) -> tuple[bytes, int]:
-    """PCM16 mono samples and their rate (Hz) from a WAV file, or from raw PCM16 at
-    ``raw_rate``.
+@dataclass(frozen=True)
+class AudioFile:
+    """A file to stream, as it is: its bytes, the session config they need, and how fast
+    they go at real time.
+
+    Attributes:
+        data: the file's bytes, unchanged (a container is decoded by the gateway).
+        config: session config keys for it (``encoding``, ``sample_rate``, ``channels`` of
+            raw audio; none for a container).
+        bytes_per_s: bytes per second of audio (for pacing; 0: unknown, sent unpaced).
+        frame_bytes: a chunk must hold a multiple of this many bytes (raw frames).
+        container: the container's name, or None for raw audio.
+    """
+
+    data: bytes
+    config: dict[str, Any]
+    bytes_per_s: float
+    frame_bytes: int
+    container: str | None
+
+
+def read_audio(path: Path, encoding: str, rate: int, channels: int) -> AudioFile:
+    """``path`` as the gateway will take it: a container (WAV, Ogg, WebM, MP3, FLAC; known by
+    its first bytes, paced by the duration PyAV reads from it), or raw audio of ``encoding``
+    at ``rate`` Hz with ``channels`` interleaved.
 
     Raises:
-        ValueError: a WAV file that is not mono 16-bit PCM.
+        ValueError: bytes that are no audio the gateway takes (a zip, an MP4, …).
     """
-    if path.suffix.lower() != ".wav":
-        return path.read_bytes(), raw_rate
-    with wave.open(str(path)) as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getcomptype() != "NONE":
-            raise ValueError(
-                f"{path}: need mono 16-bit PCM WAV (got {w.getnchannels()} "
-                f"channel(s), {8 * w.getsampwidth()}-bit {w.getcomptype()})"
-            )
-        return w.readframes(w.getnframes()), w.getframerate()
+    data = path.read_bytes()
+    what = sniff(data[:8])
+    if isinstance(what, str):
+        raise ValueError(f"{path}: these bytes look like {what}, not audio")
+    if isinstance(what, Container):
+        try:
+            with av.open(str(path)) as box:
+                seconds = (box.duration or 0) / av.time_base
+        except av.FFmpegError:
+            seconds = 0.0  # the gateway says what is wrong with it
+        return AudioFile(data, {}, len(data) / seconds if seconds else 0.0, 1, what.name)
+    sample_bytes = 2 if encoding == "linear16" else 1
+    config = {"encoding": encoding, "sample_rate": rate, "channels": channels}
+    frame = sample_bytes * channels
+    return AudioFile(data, config, float(rate * frame), frame, None)
 
 
 class Printer:
@@ -106,19 +137,22 @@ async def stream_file(
     *,
     fast: bool,
     as_json: bool,
-    raw_rate: int,
+    raw: tuple[str, int, int] = ("linear16", 16_000, 1),
     config: dict[str, Any],
     api_key: str | None = None,
 ) -> int:
-    """Stream ``path`` to a new session in 20 ms frames (real time unless ``fast``), print
-    its events until ``session_end``; returns the exit status. ``api_key`` (a key or a
+    """Stream ``path`` as it is (a container and all, or raw audio of ``raw``'s encoding,
+    rate in Hz and channels) to a new session in 20 ms pieces (real time unless ``fast``),
+    print its events until ``session_end``; returns the exit status. ``api_key`` (a key or a
     ``sessions:create`` token) is sent with every request when given."""
-    pcm, rate = read_audio(path, raw_rate)
+    try:
+        audio = read_audio(path, *raw)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     printer = Printer(sys.stdout, as_json)
     async with aiohttp.ClientSession(headers=auth_headers(api_key)) as http:
-        async with http.post(
-            f"{url}/sessions", json={"config": config | {"sample_rate": rate}}
-        ) as resp:
+        async with http.post(f"{url}/sessions", json={"config": config | audio.config}) as resp:
             body = await resp.json()
             if resp.status != 201:
                 print(f"cannot create a session: {body['error']['message']}", file=sys.stderr)
@@ -133,15 +167,17 @@ async def stream_file(
                     ended.set()
 
         reader = asyncio.create_task(receive())
-        step = rate * FRAME_MS // 1000 * 2
-        total_s = len(pcm) / 2 / rate
+        data, per_s = audio.data, audio.bytes_per_s or 16_000.0
+        frames_per_step = max(1, int(per_s * FRAME_MS / 1000) // audio.frame_bytes)
+        step = frames_per_step * audio.frame_bytes
+        total_s = len(data) / per_s
         start = time.monotonic()
-        for i in range(0, len(pcm), step):
-            if not fast:
-                await asyncio.sleep(max(0.0, start + i / 2 / rate - time.monotonic()))
-            await ws.send_bytes(pcm[i : i + step])
+        for i in range(0, len(data), step):
+            if not fast and audio.bytes_per_s:
+                await asyncio.sleep(max(0.0, start + i / per_s - time.monotonic()))
+            await ws.send_bytes(data[i : i + step])
             if (i // step) % 10 == 0:
-                printer.progress(min(total_s, (i + step) / 2 / rate), total_s)
+                printer.progress(min(total_s, (i + step) / per_s), total_s)
         printer.progress(total_s, total_s)
         await ws.send_json({"type": "close"})
         await ended.wait()

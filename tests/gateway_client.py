@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.audio_convert import Converted
 from tests.audio_files import Clip
 
 FRAME_MS = 20
@@ -190,3 +192,52 @@ async def sessions_live(http: aiohttp.ClientSession, base: str, c: Clip, engine:
     await ws.send_json({"type": "close"})
     await asyncio.wait_for(reader, 120)
     return received.finals_text()
+
+
+def cut(data: bytes, seed: int, frame_bytes: int = 1, most: int = 6000) -> list[bytes]:
+    """``data`` in random-sized pieces (multiples of ``frame_bytes``)."""
+    rnd = random.Random(seed)
+    pieces, i = [], 0
+    while i < len(data):
+        n = rnd.randint(1, most // frame_bytes) * frame_bytes
+        pieces.append(data[i : i + n])
+        i += n
+    return pieces
+
+
+async def over_ws(http: aiohttp.ClientSession, base: str, audio: Converted, seed: int) -> Received:
+    """One session: ``audio`` in random-sized binary frames as fast as the gateway reads
+    them, then ``close``; every event the socket got."""
+    session = await create_session(http, base, audio.config)
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    for piece in cut(audio.data, seed, audio.frame_bytes):
+        await ws.send_bytes(piece)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 120)
+    return received
+
+
+async def post_chunk(http: aiohttp.ClientSession, url: str, piece: bytes) -> dict[str, Any]:
+    """POST one chunk, again after ``Retry-After`` while the engine is behind (429)."""
+    while True:
+        async with http.post(
+            url, data=piece, headers={"Content-Type": "application/octet-stream"}
+        ) as resp:
+            body: dict[str, Any] = await resp.json()
+            if resp.status != 429:
+                assert resp.status == 202, body
+                return body
+            await asyncio.sleep(float(resp.headers["Retry-After"]) / 4)
+
+
+async def over_post(http: aiohttp.ClientSession, base: str, audio: Converted, seed: int) -> str:
+    """One session: ``audio`` POSTed in random-sized chunks, then ``DELETE``; its transcript."""
+    session = await create_session(http, base, audio.config)
+    for piece in cut(audio.data, seed, audio.frame_bytes):
+        await post_chunk(http, session["audio_url"], piece)
+    async with http.delete(f"{base}/sessions/{session['session_id']}") as resp:
+        assert resp.status == 200
+        text: str = (await resp.json())["transcript"]
+        return text

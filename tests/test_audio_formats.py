@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 import aiohttp
 import pytest
@@ -14,57 +13,15 @@ import pytest
 from tests.audio_convert import FORMATS, TELEPHONY, Converted, convert
 from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals, direct_whisper_finals
-from tests.gateway_client import Received, create_session, follow_ws
-
-
-def cut(data: bytes, seed: int, frame_bytes: int = 1, most: int = 6000) -> list[bytes]:
-    """``data`` in random-sized pieces (multiples of ``frame_bytes``)."""
-    rnd = random.Random(seed)
-    pieces, i = [], 0
-    while i < len(data):
-        n = rnd.randint(1, most // frame_bytes) * frame_bytes
-        pieces.append(data[i : i + n])
-        i += n
-    return pieces
-
-
-async def over_ws(http: aiohttp.ClientSession, base: str, audio: Converted, seed: int) -> Received:
-    """One session: ``audio`` in random-sized binary frames as fast as the gateway reads
-    them, then ``close``; every event the socket got."""
-    session = await create_session(http, base, audio.config)
-    ws = await http.ws_connect(session["ws_url"])
-    received = Received()
-    reader = asyncio.create_task(follow_ws(ws, received))
-    for piece in cut(audio.data, seed, audio.frame_bytes):
-        await ws.send_bytes(piece)
-    await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
-    return received
-
-
-async def post_chunk(http: aiohttp.ClientSession, url: str, piece: bytes) -> dict[str, Any]:
-    """POST one chunk, again after ``Retry-After`` while the engine is behind (429)."""
-    while True:
-        async with http.post(
-            url, data=piece, headers={"Content-Type": "application/octet-stream"}
-        ) as resp:
-            body: dict[str, Any] = await resp.json()
-            if resp.status != 429:
-                assert resp.status == 202, body
-                return body
-            await asyncio.sleep(float(resp.headers["Retry-After"]) / 4)
-
-
-async def over_post(http: aiohttp.ClientSession, base: str, audio: Converted, seed: int) -> str:
-    """One session: ``audio`` POSTed in random-sized chunks, then ``DELETE``; its transcript."""
-    session = await create_session(http, base, audio.config)
-    for piece in cut(audio.data, seed, audio.frame_bytes):
-        await post_chunk(http, session["audio_url"], piece)
-    async with http.delete(f"{base}/sessions/{session['session_id']}") as resp:
-        assert resp.status == 200
-        text: str = (await resp.json())["transcript"]
-        return text
-
+from tests.gateway_client import (
+    Received,
+    create_session,
+    cut,
+    follow_ws,
+    over_post,
+    over_ws,
+    post_chunk,
+)
 
 LOSSLESS = ("wav", "flac")
 """Formats whose decoded samples are the clip's own: the transcript is the PCM16 run's."""

@@ -6,12 +6,15 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
 import aiohttp
+import pytest
 
+from tests.audio_convert import convert
 from tests.audio_files import AUDIO_DIR, clip
 from tests.conftest import Gateway, direct_finals
-from tests.gateway_client import create_session
+from tests.gateway_client import create_session, over_ws
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -139,3 +142,24 @@ async def test_a_malformed_key_setting_names_the_variable_not_the_secret() -> No
     assert "STT_GATEWAY_API_KEYS" in err
     assert "id:secret" in err
     assert "no-colon-secret" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "flags"),
+    [("ogg-opus", []), ("mp3", []), ("mulaw", ["--encoding", "mulaw", "--rate", "8000"])],
+)
+async def test_cli_stream_sends_any_file_as_it_is(
+    gateway: Gateway, http: aiohttp.ClientSession, tmp_path: Path, name: str, flags: list[str]
+) -> None:
+    """A container file (or raw telephony audio with its flags) goes to the gateway unchanged,
+    so the gateway's decoder is what hears it: the CLI prints what a WebSocket client sending
+    the same bytes gets."""
+    c = clip("librivox-sns-0890")
+    audio = convert(c, name)
+    path = tmp_path / f"{c.name}.{name}"
+    path.write_bytes(audio.data)
+    code, out, err = await run_cli("stream", str(path), "--url", gateway.base, "--fast", *flags)
+    assert code == 0, err
+    same_bytes = await over_ws(http, gateway.base, audio, seed=1)
+    assert out.split() == same_bytes.finals_text().split()
+    assert out.strip()
