@@ -106,9 +106,9 @@ _EVENT_STREAM = {
 _LISTEN_PARAMS = [
     ("model", "a Deepgram model name (the engine's own model answers) or the engine's model"),
     ("language", "BCP-47; default en"),
-    ("encoding", "linear16 (raw); absent: a WAV container"),
+    ("encoding", "linear16, mulaw or alaw (raw); absent: a container (WAV, Ogg, WebM, MP3, FLAC)"),
     ("sample_rate", "Hz of raw audio; required with encoding"),
-    ("channels", "1"),
+    ("channels", "channels of raw audio, 1–8, mixed to mono"),
     ("interim_results", "true / false (default false)"),
     ("endpointing", "ms of silence that ends an utterance, or false"),
     ("utterance_end_ms", "1000–5000: UtteranceEnd messages (with interim_results)"),
@@ -209,7 +209,7 @@ def _paths() -> dict[str, Any]:
         "/sessions/{id}/audio": {
             "parameters": _SESSION_ID,
             "post": {
-                "summary": "Send one PCM16 chunk",
+                "summary": "Send the next chunk of audio (PCM16, G.711 or a container's bytes)",
                 "operationId": "postAudio",
                 "requestBody": {
                     "required": True,
@@ -218,6 +218,7 @@ def _paths() -> dict[str, Any]:
                         "application/octet-stream": {
                             "schema": {"type": "string", "format": "binary"}
                         },
+                        "audio/*": {"schema": {"type": "string", "format": "binary"}},
                     },
                 },
                 "responses": {
@@ -229,7 +230,10 @@ def _paths() -> dict[str, Any]:
                         "(producer_conflict: one producer per session)"
                     ),
                     "413": _error("the chunk is larger than max_chunk_bytes"),
-                    "415": _error("not JSON or octet-stream"),
+                    "415": _error(
+                        "not JSON, octet-stream or audio/*; or unsupported_media_type: bytes "
+                        "that are no audio decoded here (the message says what they looked like)"
+                    ),
                 },
             },
         },
@@ -278,7 +282,8 @@ def _paths() -> dict[str, Any]:
                 },
             ],
             "get": {
-                "summary": "WebSocket: binary PCM16 frames and ControlMessage text frames in; "
+                "summary": "WebSocket: binary audio frames (PCM16, G.711 or one container "
+                "stream) and ControlMessage text frames in; "
                 "Event JSON text frames out",
                 "operationId": "sessionSocket",
                 "responses": {
@@ -352,8 +357,9 @@ def _paths() -> dict[str, Any]:
                 },
             },
             "post": {
-                "summary": "Deepgram's pre-recorded transcription: a whole file (WAV, or raw "
-                "linear16 with encoding and sample_rate) in the body",
+                "summary": "Deepgram's pre-recorded transcription: a whole file (WAV, Ogg, WebM, "
+                "MP3, FLAC, or raw linear16 / mulaw / alaw with encoding and sample_rate) in "
+                "the body",
                 "operationId": "deepgramTranscribeFile",
                 "requestBody": {
                     "required": True,
