@@ -134,3 +134,15 @@ def test_listen_overhead_bench_times_every_path() -> None:
     # One interim per frame at most (a loaded box may coalesce some): 2 sessions x 50 frames.
     assert all(0 < n <= 100 for n in counts.values()), counts
     assert "front adds" in out
+
+
+def test_decode_bench_times_every_format_and_both_sessions() -> None:
+    out, result = run_bench("decode.py", "--repeat", "1", "--rounds", "1", "--clips", "1")
+    formats = [r["format"] for r in result["decode"]]
+    assert formats[0] == "linear16"
+    assert {"webm-opus", "mp3", "mulaw", "stereo-raw-right"} <= set(formats)
+    # Every format decodes to the clip's length (MP3 adds its encoder's padding, ~25 ms).
+    assert all(abs(r["pcm_out_s"] - result["audio_s"]) < 0.05 for r in result["decode"])
+    assert set(result["sessions"]) == {"PCM16", "WebM/Opus"}
+    assert all(s["finals"] > 0 for s in result["sessions"].values())
+    assert "µs per audio s" in out
