@@ -179,6 +179,7 @@ class Session:
             limits.max_chunk_bytes,
         )
         self._decoding = asyncio.Lock()  # one chunk at a time through a stateful decoder
+        self._stream_owner: object | None = None  # whose bytes the stream holds (None: POSTs)
         self._finals: list[FinalData] = []
         self._pending_interim: TokenData | None = None  # the newest interim no final covers
         self._results_seen = 0  # engine results published: progress, while closing
@@ -266,6 +267,11 @@ class Session:
                 f"session {self.id} takes its audio from another connection (one producer "
                 f"per session); this audio is not heard. Send once that connection closes."
             )
+        if producer is not self._stream_owner:
+            # Another connection's bytes are another stream (e.g. POSTed PCM, then a socket
+            # sending WebM): end the one before, so the new one is recognised afresh.
+            await self._drain_stream()
+            self._stream_owner = producer
         fast = self._stream.passthrough
         if fast:
             check_chunk(data, self._limits.max_chunk_bytes)

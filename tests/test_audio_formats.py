@@ -138,3 +138,25 @@ async def test_bad_streams_get_a_clear_error_and_harm_no_one(
     assert near.finals_text() == " ".join(f.text for f in direct_finals(other))
     async with http.get(f"{gateway.base}/health") as resp:
         assert resp.status == 200
+
+
+async def test_a_new_connection_starts_a_new_stream(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """PCM16 POSTed, then a WebSocket sending WebM/Opus to the same session: the socket's
+    bytes are recognised as their own stream (a WebM, not more PCM16), so all the audio of
+    both is heard and nothing is taken for noise."""
+    first, second = clip("goforward"), clip("librivox-sns-0880")
+    session = await create_session(http, gateway.base)
+    for piece in cut(first.pcm, seed=10, frame_bytes=2):
+        await post_chunk(http, session["audio_url"], piece)
+    ws = await http.ws_connect(session["ws_url"])
+    received = Received()
+    reader = asyncio.create_task(follow_ws(ws, received))
+    for piece in cut(convert(second, "webm-opus").data, seed=11):
+        await ws.send_bytes(piece)
+    await ws.send_json({"type": "close"})
+    await asyncio.wait_for(reader, 60)
+    assert not received.of_type("error"), received.of_type("error")
+    heard = received.of_type("session_end")[0]["data"]["audio_seconds"]
+    assert heard == pytest.approx(first.seconds + second.seconds, abs=0.05)
