@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,3 +102,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def pct_ms(seconds: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``seconds``, in ms (nan when empty)."""
+    return float(np.percentile(np.array(seconds) * 1000, q)) if seconds else float("nan")

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_s, free_port, wait_up  # noqa: E402
+from bench.common import cpu_s, free_port, pct_ms, wait_up  # noqa: E402
 from tests.audio_files import clip  # noqa: E402
 from tests.fakes.deepgram import FakeDeepgram  # noqa: E402
 
@@ -125,10 +124,6 @@ async def direct(fake_url: str, sessions: int, seconds: float) -> list[float]:
     return latencies
 
 
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.array(xs) * 1000, q)) if xs else float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=100)
@@ -173,9 +168,9 @@ def main() -> None:
                 {
                     "path": name,
                     "n": len(lat),
-                    "p50_ms": pct(lat, 50),
-                    "p95_ms": pct(lat, 95),
-                    "p99_ms": pct(lat, 99),
+                    "p50_ms": pct_ms(lat, 50),
+                    "p95_ms": pct_ms(lat, 95),
+                    "p99_ms": pct_ms(lat, 99),
                     "loadgen_cpu": load_cpu,
                     "gateway_cpu": (cpu_s(gateway.pid) - gw0) / wall,
                 }

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.types import ListenV1Results
@@ -37,7 +36,7 @@ from deepgram.listen.v1.types import ListenV1Results
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_s, free_port, start_gateway, stop  # noqa: E402
+from bench.common import cpu_s, free_port, pct_ms, start_gateway, stop  # noqa: E402
 
 FRAME_S = 0.02
 FRAME = bytes(640)
@@ -158,10 +157,6 @@ async def stagger(delay: float, job: Any, base: str, seconds: float, out: list[f
     await job(base, seconds, out)
 
 
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.array(xs) * 1000, q)) if xs else float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=50)
@@ -191,9 +186,9 @@ def main() -> None:
     for path, xs in latencies.items():
         rows[path] = {
             "interims": len(xs),
-            "p50_ms": pct(xs, 50),
-            "p95_ms": pct(xs, 95),
-            "p99_ms": pct(xs, 99),
+            "p50_ms": pct_ms(xs, 50),
+            "p95_ms": pct_ms(xs, 95),
+            "p99_ms": pct_ms(xs, 99),
             "gateway_cpu": cpu[path] / args.rounds,
         }
         r = rows[path]

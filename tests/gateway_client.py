@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from tests.audio_convert import Converted
-from tests.audio_files import Clip
+from tests.audio_files import Clip, clips
 
 FRAME_MS = 20
 
@@ -175,6 +175,13 @@ async def wait_for_audio(
                 if (await resp.json())["audio_seconds"] >= seconds - 1e-3:
                     return
             await asyncio.sleep(0.01)
+
+
+async def sessions_live_every_clip(base: str, key: str, engine: str) -> dict[str, str]:
+    """Every shared clip through :func:`sessions_live` with API key ``key``, one after
+    another: clip name → transcript (what an SDK's run of the same clips is held to)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        return {c.name: await sessions_live(http, base, c, engine) for c in clips()}
 
 
 async def sessions_live(http: aiohttp.ClientSession, base: str, c: Clip, engine: str) -> str:

@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from tests.audio_files import AUDIO_DIR, clips
 from tests.conftest import StartGateway
-from tests.gateway_client import sessions_live
+from tests.gateway_client import sessions_live_every_clip
 from tests.test_deepgram_sdk import KEY
 
 JS_DIR = Path(__file__).parent / "js"
@@ -47,12 +45,10 @@ async def test_the_js_sdk_streams_every_clip_and_every_callback_fires(
     key = KEY.split(":", 1)[1]
     files = [str(AUDIO_DIR / f"{c.name}.wav") for c in clips()]
 
-    async def ours() -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {key}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            return {c.name: await sessions_live(http, gateway.base, c, "whisper") for c in clips()}
-
-    js, sessions = await asyncio.gather(run_node(gateway.base, key, "whisper", *files), ours())
+    js, sessions = await asyncio.gather(
+        run_node(gateway.base, key, "whisper", *files),
+        sessions_live_every_clip(gateway.base, key, "whisper"),
+    )
     assert [r["name"] for r in js] == [c.name for c in clips()]
     for r in js:
         print(f"\n{r['name']}: js {r['text']!r} | /sessions {sessions[r['name']]!r}")

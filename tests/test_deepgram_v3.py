@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from tests.audio_files import AUDIO_DIR, clips
 from tests.conftest import StartGateway
-from tests.gateway_client import sessions_live
+from tests.gateway_client import sessions_live_every_clip
 from tests.test_deepgram_sdk import KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +49,10 @@ async def test_the_3x_sdk_streams_every_clip_and_parses_every_message(
     key = KEY.split(":", 1)[1]
     files = [str(AUDIO_DIR / f"{c.name}.wav") for c in clips()]
 
-    async def ours() -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {key}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            return {c.name: await sessions_live(http, gateway.base, c, "whisper") for c in clips()}
-
-    v3, sessions = await asyncio.gather(run_v3(gateway.base, key, "whisper", *files), ours())
+    v3, sessions = await asyncio.gather(
+        run_v3(gateway.base, key, "whisper", *files),
+        sessions_live_every_clip(gateway.base, key, "whisper"),
+    )
     assert [r["name"] for r in v3] == [c.name for c in clips()]
     for r in v3:
         print(f"\n{r['name']}: 3.x {r['text']!r} | /sessions {sessions[r['name']]!r}")
