@@ -66,16 +66,18 @@ class Resampler:
     cut into chunks.
     """
 
-    def __init__(self, in_rate: int, out_rate: int) -> None:
-        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
+    def __init__(self, in_rate: int, out_rate: int, channels: int = 1) -> None:
+        self._stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32")
+        self._empty = np.zeros((0, channels) if channels > 1 else 0, dtype=np.float32)
 
     def process(self, samples: Int16Array) -> Int16Array:
-        """Resample one chunk of int16 samples; returns the samples ready so far."""
+        """Resample one chunk of int16 samples (shape ``(n,)``, or ``(n, channels)``);
+        returns the samples ready so far, in the same shape."""
         return _to_int16(self._stream.resample_chunk(samples.astype(np.float32)))
 
     def flush(self) -> Int16Array:
         """Return the samples still held in the filter (end of stream)."""
-        return _to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        return _to_int16(self._stream.resample_chunk(self._empty, last=True))
 
 
 def _to_int16(samples: npt.NDArray[np.float32]) -> Int16Array:

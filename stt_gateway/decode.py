@@ -187,16 +187,23 @@ def wav_header(buf: bytes | bytearray) -> WavFormat | None:
 
 
 class _Raw:
-    """Raw samples (PCM16 or G.711), any channel count, any rate → PCM16 mono at ``out_rate``.
+    """Raw samples (PCM16 or G.711), any channel count, any rate → PCM16 at ``out_rate``,
+    mixed to mono unless ``keep`` (then interleaved as they came).
 
     Each chunk must hold whole frames (one sample per channel).
     """
 
-    def __init__(self, encoding: Encoding, channels: int, in_rate: int, out_rate: int) -> None:
+    def __init__(
+        self, encoding: Encoding, channels: int, in_rate: int, out_rate: int, keep: bool
+    ) -> None:
         self._table = _G711.get(encoding)
         self._sample_bytes = BYTES_PER_SAMPLE if self._table is None else 1
         self._channels = channels
-        self._resampler = Resampler(in_rate, out_rate) if in_rate != out_rate else None
+        self._mix = channels > 1 and not keep
+        out_channels = 1 if self._mix else channels
+        self._resampler = (
+            Resampler(in_rate, out_rate, out_channels) if in_rate != out_rate else None
+        )
 
     def decode(self, data: bytes) -> bytes:
         frame = self._sample_bytes * self._channels
@@ -213,7 +220,9 @@ class _Raw:
 
     def _finish(self, samples: Int16Array) -> bytes:
         if self._channels > 1:
-            samples = samples.reshape(-1, self._channels).mean(axis=1).astype(np.int16)
+            samples = samples.reshape(-1, self._channels)
+            if self._mix:
+                samples = samples.mean(axis=1).astype(np.int16)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         return samples.astype("<i2", copy=False).tobytes()
@@ -227,8 +236,9 @@ class _Wav:
     sample format goes to FFmpeg. Bytes split at any boundary (a frame's bytes may straddle
     two chunks)."""
 
-    def __init__(self, out_rate: int) -> None:
+    def __init__(self, out_rate: int, out_channels: int) -> None:
         self._out_rate = out_rate
+        self._out_channels = out_channels
         self._head = bytearray()
         self._carry = b""
         self.body: _Raw | None = None
@@ -244,8 +254,9 @@ class _Wav:
             if not found.pcm16:
                 self.delegate = bytes(self._head)
                 return b""
+            keep = _keeps(found.channels, self._out_channels)
             self._frame = BYTES_PER_SAMPLE * found.channels
-            self.body = _Raw("linear16", found.channels, found.sample_rate, self._out_rate)
+            self.body = _Raw("linear16", found.channels, found.sample_rate, self._out_rate, keep)
             data, self._head = bytes(self._head[found.data_offset :]), bytearray()
         if self._carry:
             data = self._carry + data
@@ -276,9 +287,10 @@ class _FFmpeg:
     after it) runs off the event loop.
     """
 
-    def __init__(self, container: Container, out_rate: int) -> None:
+    def __init__(self, container: Container, out_rate: int, out_channels: int) -> None:
         self._container = container
         self._out_rate = out_rate
+        self._out_channels = out_channels
         self._cond = threading.Condition()
         self._in = bytearray()
         self._eof = False
@@ -379,13 +391,18 @@ class _FFmpeg:
                 if not box.streams.audio:
                     raise UnsupportedAudio(f"the {name} stream has no audio track")
                 stream = box.streams.audio[0]
-                mono = av.AudioResampler(format="s16", layout="mono")
+                n = self._out_channels
+                if n > 1:
+                    _keeps(stream.codec_context.channels, n)
+                # Packed s16 in the session's layout: mono (mixed), or its channels as they are.
+                packed = av.AudioResampler(format="s16", layout="mono" if n == 1 else n)
                 for packet in box.demux(stream):
                     for frame in packet.decode():
-                        for piece in mono.resample(frame):
-                            samples = cast(Int16Array, piece.to_ndarray().reshape(-1))
+                        for piece in packed.resample(frame):
+                            shape = (-1,) if n == 1 else (-1, n)
+                            samples = cast(Int16Array, piece.to_ndarray().reshape(shape))
                             if resampler is None and piece.sample_rate != self._out_rate:
-                                resampler = Resampler(piece.sample_rate, self._out_rate)
+                                resampler = Resampler(piece.sample_rate, self._out_rate, n)
                             if resampler is not None:
                                 samples = resampler.process(samples)
                             self._emit(samples)
@@ -412,6 +429,23 @@ class _FFmpeg:
                 self._error = message
 
 
+def _keeps(channels: int, out_channels: int) -> bool:
+    """Whether a stream of ``channels`` keeps them (a multichannel session of
+    ``out_channels``; 1: mixed to mono).
+
+    Raises:
+        UnsupportedAudio: a multichannel session given another channel count.
+    """
+    if out_channels == 1:
+        return False
+    if channels != out_channels:
+        raise UnsupportedAudio(
+            f"the stream has {channels} channel(s); this multichannel session transcribes "
+            f"{out_channels}"
+        )
+    return True
+
+
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -430,6 +464,8 @@ class AudioStream:
         sample_rate: Hz of raw audio.
         out_rate: Hz of the PCM16 returned (the session's).
         max_chunk_bytes: the largest chunk taken.
+        multichannel: keep ``channels`` channels (PCM16 out interleaved, each channel a
+            stream of its own); a container must hold as many. Otherwise mixed to mono.
     """
 
     def __init__(
@@ -439,9 +475,11 @@ class AudioStream:
         sample_rate: int,
         out_rate: int,
         max_chunk_bytes: int,
+        multichannel: bool = False,
     ) -> None:
         self._encoding = encoding
         self._channels = channels
+        self._out_channels = channels if multichannel else 1
         self._rate = sample_rate
         self._out_rate = out_rate
         self._max = max_chunk_bytes
@@ -454,19 +492,11 @@ class AudioStream:
         """True once the stream is known to be ``linear16`` mono at ``out_rate``: a chunk
         that passes :func:`~stt_gateway.audio.check_chunk` is its own PCM (the fast path)."""
         if encoding != "linear16":
-            self._raw = _Raw(encoding, channels, sample_rate, out_rate)
+            self._raw = self._raw_decoder(encoding)
 
-    @property
-    def kind(self) -> str:
-        """What the stream was found to hold (``linear16``, ``mulaw``, ``WebM``, …; ``?``
-        before its first bytes)."""
-        if self._ffmpeg is not None:
-            return self._ffmpeg._container.name
-        if self._wav is not None:
-            return "WAV"
-        if self._raw is not None or self.passthrough:
-            return self._encoding
-        return "?"
+    def _raw_decoder(self, encoding: Encoding) -> _Raw:
+        keep = self._out_channels > 1
+        return _Raw(encoding, self._channels, self._rate, self._out_rate, keep)
 
     async def decode(self, data: bytes) -> bytes:
         """PCM16 mono at ``out_rate`` from the next ``data`` of the stream (may be ``b""``
@@ -499,7 +529,7 @@ class AudioStream:
             if self._wav.delegate is None:
                 return pcm
             held, self._wav = self._wav.delegate, None
-            self._ffmpeg = _FFmpeg(Container("WAV", "wav"), self._out_rate)
+            self._ffmpeg = _FFmpeg(Container("WAV", "wav"), self._out_rate, self._out_channels)
             return await self._ffmpeg.decode(held)
         if self._ffmpeg is not None:
             return await self._ffmpeg.decode(data)
@@ -532,12 +562,12 @@ class AudioStream:
             if self._channels == 1 and self._rate == self._out_rate:
                 self.passthrough = True
                 return head
-            self._raw = _Raw("linear16", self._channels, self._rate, self._out_rate)
+            self._raw = self._raw_decoder("linear16")
             return self._raw.decode(head)
         if what.av_format == "wav":
-            self._wav = _Wav(self._out_rate)
+            self._wav = _Wav(self._out_rate, self._out_channels)
             return await self._decode(head)
-        self._ffmpeg = _FFmpeg(what, self._out_rate)
+        self._ffmpeg = _FFmpeg(what, self._out_rate, self._out_channels)
         return await self._ffmpeg.decode(head)
 
     async def drain(self) -> bytes:
@@ -564,11 +594,7 @@ class AudioStream:
             self._ffmpeg.abandon()
         self._head, self._wav, self._ffmpeg = b"", None, None
         self.passthrough = False
-        self._raw = (
-            None
-            if self._encoding == "linear16"
-            else _Raw(self._encoding, self._channels, self._rate, self._out_rate)
-        )
+        self._raw = None if self._encoding == "linear16" else self._raw_decoder(self._encoding)
 
     def close(self) -> None:
         """Throw the stream away (its decoder thread ends)."""

@@ -29,6 +29,9 @@ class TokenData(_Data):
     confidence: float = Field(ge=0, le=1, description="0–1; 0 where the engine gives none")
     start: float = Field(description="s of session audio")
     end: float = Field(description="s of session audio")
+    channel: int | None = Field(
+        None, ge=0, description="multichannel sessions: the channel (0-based); absent otherwise"
+    )
 
 
 class Word(_Data):
@@ -56,12 +59,18 @@ class SpeechStartData(_Data):
     """Voice activity began."""
 
     timestamp: float = Field(description="s of session audio at speech onset")
+    channel: int | None = Field(
+        None, ge=0, description="multichannel sessions: the channel (0-based); absent otherwise"
+    )
 
 
 class SpeechEndData(_Data):
     """Voice activity ended (an endpoint)."""
 
     last_word_end: float = Field(description="s of session audio where the last word ended")
+    channel: int | None = Field(
+        None, ge=0, description="multichannel sessions: the channel (0-based); absent otherwise"
+    )
 
 
 class HeartbeatData(_Data):

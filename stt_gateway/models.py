@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .auth import Scope
 
@@ -63,7 +63,14 @@ class SessionConfig(BaseModel):
         "from its first bytes and decoded",
     )
     channels: Annotated[int, Field(ge=1, le=8), BeforeValidator(_whole_number)] = Field(
-        1, description="channels of raw audio, interleaved; mixed to mono"
+        1,
+        description="channels of raw audio, interleaved; mixed to mono unless multichannel "
+        "(then also the channels a container must hold)",
+    )
+    multichannel: bool = Field(
+        False,
+        description="transcribe each of `channels` (2 or more) as its own stream: every "
+        "result event and transcript segment carries its `channel` (Deepgram's multichannel)",
     )
     # Bounds before the validator inside the Annotated: put on the optional union they
     # would reach the JSON schema as raw "ge"/"le" rather than minimum/maximum.
@@ -73,6 +80,12 @@ class SessionConfig(BaseModel):
     utterance_end_ms: (
         Annotated[int, Field(ge=1000, le=5000), BeforeValidator(_whole_number)] | None
     ) = Field(None, description="gap after the last word (ms) that sends speech_end")
+
+    @model_validator(mode="after")
+    def _multichannel_needs_channels(self) -> SessionConfig:
+        if self.multichannel and self.channels < 2:
+            raise ValueError("multichannel needs channels of 2 or more")
+        return self
 
 
 class CreateSessionBody(BaseModel):
@@ -166,6 +179,7 @@ class Segment(BaseModel):
     source: Literal["interim"] | None = Field(
         None, description='"interim": the engine could not finish it (see the final event)'
     )
+    channel: int | None = Field(None, description="multichannel sessions: its channel")
 
 
 class Transcript(BaseModel):

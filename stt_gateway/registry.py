@@ -9,8 +9,9 @@ import uuid
 from collections import deque
 from functools import partial
 
-from .engines.base import EngineProvider
+from .engines.base import Engine, EngineProvider
 from .engines.fallback import FallbackEngine
+from .engines.multichannel import MultichannelEngine
 from .errors import (
     EngineUnavailable,
     InvalidConfig,
@@ -168,13 +169,19 @@ class SessionRegistry:
         if owner is not None:
             self._check_key_limits(owner)
         provider, resolved = self.resolve(config)
-        engine = provider.create(resolved)
-        if resolved.fallback_engine not in (None, NO_FALLBACK):
-            assert resolved.fallback_engine is not None
-            fallback, fallback_config = self.fallback_for(resolved.fallback_engine, resolved)
-            engine = FallbackEngine(
-                engine, partial(fallback.create, fallback_config), resolved.fallback_engine
-            )
+        # Each engine hears one channel: mono PCM16 at the session's rate.
+        mono = resolved.model_copy(update={"channels": 1, "multichannel": False})
+        engines: list[Engine] = []
+        for _ in range(resolved.channels if resolved.multichannel else 1):
+            engine = provider.create(mono)
+            if resolved.fallback_engine not in (None, NO_FALLBACK):
+                assert resolved.fallback_engine is not None
+                fallback, fallback_config = self.fallback_for(resolved.fallback_engine, mono)
+                engine = FallbackEngine(
+                    engine, partial(fallback.create, fallback_config), resolved.fallback_engine
+                )
+            engines.append(engine)
+        engine = engines[0] if len(engines) == 1 else MultichannelEngine(engines)
         session = Session(
             uuid.uuid4().hex,
             resolved,

@@ -149,7 +149,10 @@ class Session:
         self.created_at = time.time()
         self._engine = engine
         self._limits = limits
-        self._bytes_per_s = config.sample_rate * BYTES_PER_SAMPLE
+        # The engine is given PCM16 at the session's rate, one channel, or every channel
+        # interleaved for a multichannel session.
+        self._out_channels = config.channels if config.multichannel else 1
+        self._bytes_per_s = config.sample_rate * BYTES_PER_SAMPLE * self._out_channels
         self._max_lead_bytes = int(limits.max_audio_lead_s * self._bytes_per_s)
         self._on_closed = on_closed
         self._log = EventLog(
@@ -177,11 +180,13 @@ class Session:
             config.sample_rate,
             config.sample_rate,
             limits.max_chunk_bytes,
+            config.multichannel,
         )
         self._decoding = asyncio.Lock()  # one chunk at a time through a stateful decoder
         self._stream_owner: object | None = None  # whose bytes the stream holds (None: POSTs)
         self._finals: list[FinalData] = []
-        self._pending_interim: TokenData | None = None  # the newest interim no final covers
+        # Per channel (None: a session of one), the newest interim no final covers.
+        self._pending_interims: dict[int | None, TokenData] = {}
         self._results_seen = 0  # engine results published: progress, while closing
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
@@ -224,7 +229,7 @@ class Session:
     @property
     def audio_seconds(self) -> float:
         """Seconds of audio received so far."""
-        return self._audio_bytes / BYTES_PER_SAMPLE / self.config.sample_rate
+        return self._audio_bytes / self._bytes_per_s
 
     async def feed(
         self, data: bytes, producer: object | None = None, *, wait: bool = True
@@ -459,24 +464,28 @@ class Session:
         return False
 
     def _salvage_interim(self) -> bool:
-        """Publish the newest interim no final covers as a ``final`` marked ``source:
-        "interim"``: what the engine heard is kept when it cannot finish. Whether there was
-        one."""
-        interim, self._pending_interim = self._pending_interim, None
-        if interim is None or not interim.text:
-            return False
-        final = FinalData(
-            text=interim.text,
-            confidence=interim.confidence,
-            start=interim.start,
-            end=interim.end,
-            words=[],
-            speech_final=False,
-            source="interim",
-        )
-        self._finals.append(final)
-        self._log.publish(final)
-        return True
+        """Publish the newest interim no final covers (of each channel) as a ``final`` marked
+        ``source: "interim"``: what the engine heard is kept when it cannot finish. Whether
+        there was one."""
+        interims, self._pending_interims = self._pending_interims, {}
+        salvaged = False
+        for interim in interims.values():
+            if not interim.text:
+                continue
+            final = FinalData(
+                text=interim.text,
+                confidence=interim.confidence,
+                start=interim.start,
+                end=interim.end,
+                channel=interim.channel,
+                words=[],
+                speech_final=False,
+                source="interim",
+            )
+            self._finals.append(final)
+            self._log.publish(final)
+            salvaged = True
+        return salvaged
 
     async def _run_pump(self) -> None:
         try:
@@ -502,11 +511,11 @@ class Session:
         self._results_seen += 1
         if isinstance(result, FinalData):
             self._finals.append(result)
-            pending = self._pending_interim
+            pending = self._pending_interims.get(result.channel)
             if pending is not None and result.end >= pending.start:
-                self._pending_interim = None  # this final covers that interim's utterance
+                del self._pending_interims[result.channel]  # this final covers its utterance
         elif type(result) is TokenData:
-            self._pending_interim = result
+            self._pending_interims[result.channel] = result
         self._log.publish(result)
         self._measure(result)
 
@@ -563,7 +572,12 @@ class Session:
             text=" ".join(f.text for f in self._finals),
             segments=[
                 Segment(
-                    text=f.text, start=f.start, end=f.end, confidence=f.confidence, source=f.source
+                    text=f.text,
+                    start=f.start,
+                    end=f.end,
+                    confidence=f.confidence,
+                    source=f.source,
+                    channel=f.channel,
                 )
                 for f in self._finals
             ],

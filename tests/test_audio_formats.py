@@ -8,9 +8,10 @@ import asyncio
 import random
 
 import aiohttp
+import numpy as np
 import pytest
 
-from tests.audio_convert import FORMATS, TELEPHONY, Converted, convert
+from tests.audio_convert import FORMATS, TELEPHONY, Converted, convert, encode
 from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals, direct_whisper_finals
 from tests.gateway_client import (
@@ -160,3 +161,42 @@ async def test_a_new_connection_starts_a_new_stream(
     assert not received.of_type("error"), received.of_type("error")
     heard = received.of_type("session_end")[0]["data"]["audio_seconds"]
     assert heard == pytest.approx(first.seconds + second.seconds, abs=0.05)
+
+
+async def test_multichannel_transcribes_each_channel_as_its_mono_run(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """A stereo call, a different speaker per channel, with ``multichannel: true``: raw
+    interleaved PCM16 over WS and a stereo WAV over POST; each channel's finals (tagged with
+    their ``channel``) are that channel's mono run, in the events and the transcript."""
+    left, right = clip("goforward"), clip("librivox-sns-0880")
+    n = max(len(left.pcm), len(right.pcm)) // 2
+    channels = [
+        np.pad(np.frombuffer(c.pcm, dtype="<i2"), (0, n - len(c.pcm) // 2)) for c in (left, right)
+    ]
+    mono = [
+        " ".join(f.text for f in direct_finals(Clip(c.name, x.tobytes(), 16_000, c.reference)))
+        for c, x in zip((left, right), channels, strict=True)
+    ]
+    stereo = np.vstack(channels)
+    config = {"channels": 2, "multichannel": True}
+    raw = Converted(stereo.T.astype("<i2").tobytes(), config, frame_bytes=4)
+    wav = Converted(encode(stereo, 16_000, "wav", "pcm_s16le", layout="stereo"), config)
+
+    events, posted = await asyncio.gather(
+        over_ws(http, gateway.base, raw, seed=12), over_post(http, gateway.base, wav, 13)
+    )
+    assert not events.of_type("error"), events.of_type("error")
+    assert events.of_type("session_end")[0]["data"]["audio_seconds"] == pytest.approx(n / 16_000)
+    for channel in (0, 1):
+        finals = [e["data"] for e in events.of_type("final") if e["data"]["channel"] == channel]
+        assert " ".join(f["text"] for f in finals) == mono[channel], channel
+    assert {e["data"]["channel"] for e in events.of_type("token")} == {0, 1}
+    assert sorted(posted.split()) == sorted(" ".join(mono).split())
+
+    session_id = events.of_type("session_end")[0]["session_id"]
+    async with http.get(f"{gateway.base}/sessions/{session_id}/transcript") as resp:
+        segments = (await resp.json())["segments"]
+    for channel in (0, 1):
+        texts = [s["text"] for s in segments if s["channel"] == channel]
+        assert " ".join(texts) == mono[channel]

@@ -166,6 +166,7 @@ async def test_unknown_session_is_404_session_not_found(
         ({"config": {"sample_rate": "16000"}}, "sample_rate"),
         ({"config": {"sample_rate": 100}}, "sample_rate"),
         ({"config": {"channels": 9}}, "channels"),
+        ({"config": {"multichannel": True}}, "multichannel needs channels of 2 or more"),
         ({"config": {"encoding": "opus"}}, "encoding"),
         ({"config": {"engine": "vosk"}}, "engine"),
         ({"config": {"language": "ko"}}, "language"),

@@ -43,6 +43,7 @@ async def test_session_moves_created_streaming_closed_and_delete_is_idempotent(
         "sample_rate": 16000,
         "encoding": "linear16",
         "channels": 1,
+        "multichannel": False,
         "endpointing_ms": 500,
         "utterance_end_ms": None,
     }
