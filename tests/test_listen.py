@@ -15,6 +15,7 @@ import wave
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 
 from stt_gateway.engines.local import MODEL
@@ -46,8 +47,6 @@ def wav_bytes(c: Clip, channels: int = 1) -> bytes:
         if channels == 1:
             w.writeframes(c.pcm)
         else:  # speech left, silence right
-            import numpy as np
-
             mono = np.frombuffer(c.pcm, dtype="<i2")
             w.writeframes(np.stack([mono, np.zeros_like(mono)], axis=1).tobytes())
     return out.getvalue()
@@ -256,7 +255,7 @@ async def test_bad_frames_get_errors_to_their_socket_and_bad_audio_closes_it(
         ("model=nova-3&engine=nope", 400, "'nope' is not an engine"),
         ("model=nova-3&bogus=1", 400, "Unknown query parameter 'bogus'."),
         ("model=nova-3&redact=pci", 400, "'redact' is not supported"),
-        ("model=nova-3&multichannel=true", 400, "multichannel"),
+        ("model=nova-3&multichannel=true", 400, "needs 'channels' of 2 or more"),
     ],
 )
 async def test_refused_handshakes_answer_as_deepgram_does(
@@ -367,3 +366,54 @@ async def test_an_empty_binary_frame_ends_the_stream_as_closestream_does(
     assert messages[-1]["duration"] == pytest.approx(c.seconds, abs=1e-3)
     direct = " ".join(f.text for f in direct_finals(c))
     assert abs(wer(c.reference, text_of(messages)) - wer(c.reference, direct)) <= 0.01
+
+
+async def test_multichannel_gives_each_channel_its_own_results(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """``multichannel=true&channels=2`` (§1.4): live, each channel's Results carry
+    ``channel_index`` ``[i, 2]`` and tile that channel, and its finals are the channel's mono
+    run; pre-recorded (a stereo WAV), ``results.channels`` has one entry per channel."""
+    left, right = clip("goforward"), clip("librivox-sns-0880")
+    n = max(len(left.pcm), len(right.pcm)) // 2
+    padded = [
+        Clip(
+            c.name,
+            np.pad(np.frombuffer(c.pcm, "<i2"), (0, n - len(c.pcm) // 2)).tobytes(),
+            16_000,
+            c.reference,
+        )
+        for c in (left, right)
+    ]
+    mono = [" ".join(f.text for f in direct_finals(c)) for c in padded]
+    stereo = np.stack([np.frombuffer(c.pcm, "<i2") for c in padded], axis=1)
+
+    query = SDK_QUERY.replace("channels=1", "channels=2") + "&multichannel=true"
+    ws = await http.ws_connect(ws_url(gateway, query))
+    messages = await stream(ws, stereo.astype("<i2").tobytes())
+    for channel in (0, 1):
+        mine = [m for m in results(messages) if m["channel_index"] == [channel, 2]]
+        finals = [m for m in mine if m["is_final"]]
+        texts = [m["channel"]["alternatives"][0]["transcript"] for m in finals]
+        assert " ".join(t for t in texts if t) == mono[channel]
+        ends = [round(m["start"] + m["duration"], 3) for m in finals]
+        assert [m["start"] for m in finals] == [0.0, *ends[:-1]]
+    assert len(results(messages)) == len(
+        [m for m in results(messages) if m["channel_index"][1] == 2]
+    )
+    assert messages[-1]["type"] == "Metadata"
+    assert messages[-1]["channels"] == 2
+
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(stereo.astype("<i2").tobytes())
+    url = f"{gateway.base}/v1/listen?model=nova-3&multichannel=true&channels=2"
+    async with http.post(url, data=wav.getvalue()) as resp:
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+    assert answer["metadata"]["channels"] == 2
+    got = [c["alternatives"][0]["transcript"] for c in answer["results"]["channels"]]
+    assert got == mono

@@ -29,8 +29,10 @@ cannot use them (``punctuate`` / ``smart_format`` decide whether words carry
 ``punctuated_word``). Audio: raw ``linear16``, ``mulaw`` or ``alaw`` with ``encoding`` and
 ``sample_rate`` (``channels`` mixed to mono), or with no ``encoding`` a container (WAV,
 Ogg/Opus, WebM/Opus, MP3, FLAC: the session's decode stage reads it and resamples it to
-``sample_rate``). Not yet served (a ``400`` naming them): other raw encodings,
-``multichannel``, ``redact``, ``replace``, ``search``, ``detect_entities`` and ``callback``.
+``sample_rate``). ``multichannel=true`` with ``channels`` N ≥ 2: each channel is its own
+stream, its Results tagged ``channel_index`` ``[i, N]`` (a pre-recorded answer has N
+``results.channels``). Not yet served (a ``400`` naming them): other raw encodings,
+``redact``, ``replace``, ``search``, ``detect_entities`` and ``callback``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from ..errors import BadControlMessage, GatewayError, UnsupportedAudio
 from ..eventlog import Subscription
 from ..events import (
     EVENT_ADAPTER,
+    FinalData,
     FinalEvent,
     SpeechEndEvent,
     SpeechStartEvent,
@@ -143,8 +146,6 @@ def parse_params(query: MultiMapping[str], default_engine: str) -> ListenParams:
             raise wire.ParamError(f"'{key}' is not supported by this gateway.")
     one = {key: query.getone(key) for key in query if key not in ("keywords", "keyterm")}
     flags = {k: wire.bool_value(k, one[k]) for k in _FLAGS if k in one}
-    if flags.get("multichannel"):
-        raise wire.ParamError("'multichannel=true' is not supported by this gateway yet.")
     encoding = one.get("encoding")
     if encoding is not None:
         if encoding not in wire.ENCODINGS:
@@ -160,7 +161,13 @@ def parse_params(query: MultiMapping[str], default_engine: str) -> ListenParams:
     sample_rate = wire.int_value("sample_rate", one.get("sample_rate", "16000"), 8000, 96000)
     channels = wire.int_value("channels", one.get("channels", "1"), 1, 20)
     if channels > 8:
-        raise wire.ParamError("more than 8 raw channels are not supported by this gateway.")
+        raise wire.ParamError("more than 8 channels are not supported by this gateway.")
+    multichannel = flags.get("multichannel", False)
+    if multichannel and channels < 2:
+        raise wire.ParamError(
+            "'multichannel=true' needs 'channels' of 2 or more (for a container too: the "
+            "channels it holds)."
+        )
     endpointing_ms: int | None = None
     speech_final = True
     match one.get("endpointing"):
@@ -190,7 +197,8 @@ def parse_params(query: MultiMapping[str], default_engine: str) -> ListenParams:
             interim_results=interim,
             sample_rate=sample_rate,
             encoding=cast(Encoding, encoding or "linear16"),
-            channels=channels if encoding else 1,
+            channels=channels if encoding or multichannel else 1,
+            multichannel=multichannel,
             endpointing_ms=endpointing_ms,
             # UtteranceEnd needs interim results (§1.4).
             utterance_end_ms=utterance_end_ms if interim else None,
@@ -333,9 +341,11 @@ class Encoder:
     def __init__(self, session: Session, params: ListenParams) -> None:
         self._params = params
         self._session = session
-        self._segment_start = 0.0
+        config = session.config
+        self._channels = config.channels if config.multichannel else 1
+        self._segment_start = [0.0] * self._channels  # Results tile each channel (§5.2)
         self.finalize_asked = False
-        self.digest = wire.AudioDigest(session.config.sample_rate * 2)
+        self.digest = wire.AudioDigest(config.sample_rate * 2 * self._channels)
         name = session.config.model or params.model
         self._model_uuid, self._model_info = wire.model_info(name, session.engine_name, __version__)
         self._metadata = wire.DGResultsMetadata(
@@ -361,21 +371,36 @@ class Encoder:
                     words,
                     speech_final=data.speech_final and p.speech_final,
                     from_finalize=from_finalize,
+                    channel=data.channel or 0,
                 )
             ]
         if isinstance(event, TokenEvent):
             if not p.config.interim_results:
                 return []
             data_t = event.data
-            return [self._results(data_t.text, data_t.confidence, data_t.end, False, [])]
+            return [
+                self._results(
+                    data_t.text,
+                    data_t.confidence,
+                    data_t.end,
+                    False,
+                    [],
+                    channel=data_t.channel or 0,
+                )
+            ]
         if isinstance(event, SpeechStartEvent):
             if not p.vad_events:
                 return []
-            return [wire.dump(wire.DGSpeechStarted(timestamp=event.data.timestamp))]
+            channel = [event.data.channel or 0, self._channels]
+            return [
+                wire.dump(wire.DGSpeechStarted(channel=channel, timestamp=event.data.timestamp))
+            ]
         if isinstance(event, SpeechEndEvent):
             if not p.utterance_end:
                 return []
-            return [wire.dump(wire.DGUtteranceEnd(last_word_end=event.data.last_word_end))]
+            channel = [event.data.channel or 0, self._channels]
+            end = event.data.last_word_end
+            return [wire.dump(wire.DGUtteranceEnd(channel=channel, last_word_end=end))]
         return []
 
     def _results(
@@ -388,11 +413,13 @@ class Encoder:
         *,
         speech_final: bool = False,
         from_finalize: bool = False,
+        channel: int = 0,
     ) -> str:
-        start = self._segment_start
+        start = self._segment_start[channel]
         if is_final:
-            self._segment_start = max(start, end)
+            self._segment_start[channel] = max(start, end)
         message = wire.DGResults(
+            channel_index=[channel, self._channels],
             duration=round(max(0.0, end - start), 3),
             start=round(start, 3),
             is_final=is_final,
@@ -415,7 +442,7 @@ class Encoder:
             sha256=self.digest.sha256,
             created=_iso(self._session.created_at),
             duration=self.digest.duration_s,
-            channels=1 if heard else 0,
+            channels=self._channels if heard else 0,
             models=[self._model_uuid] if heard else None,
             model_info={self._model_uuid: self._model_info} if heard else None,
         )
@@ -578,6 +605,29 @@ async def _write(
         pass  # the client left; the session still ends with its transcript
 
 
+def _prerecorded_channel(
+    finals: list[FinalData], params: ListenParams
+) -> wire.DGPrerecordedChannel:
+    """One channel of a pre-recorded answer: its finals' text, mean confidence and words."""
+    words = [
+        w
+        for final in finals
+        for w in wire.words_of(
+            ((x.word, x.start, x.end, x.confidence) for x in final.words), params.punctuate
+        )
+    ]
+    confidence = sum(f.confidence for f in finals) / len(finals) if finals else 0.0
+    return wire.DGPrerecordedChannel(
+        alternatives=[
+            wire.DGAlternative(
+                transcript=" ".join(f.text for f in finals),
+                confidence=round(confidence, 4),
+                words=words,
+            )
+        ]
+    )
+
+
 # -- pre-recorded --------------------------------------------------------------------------
 
 
@@ -604,7 +654,7 @@ async def transcribe_file(request: web.Request) -> web.Response:
     who.require_any(("sessions:create",))
     audio = AudioIn(_frame_bytes(params))
     session = await request.app[REGISTRY].create(params.config, owner=who.key_id)
-    digest = wire.AudioDigest(params.config.sample_rate * 2)
+    digest = Encoder(session, params).digest
     try:
         async for chunk in _body_chunks(request, settings.max_file_bytes):
             try:
@@ -615,7 +665,7 @@ async def transcribe_file(request: web.Request) -> web.Response:
         await session.release_producer(None)  # the end of the file: the decoder's last samples
         if digest.duration_s == 0:
             raise wire.ParamError("Bad audio: the body holds no audio.")
-        transcript = await session.close()
+        await session.close()
     except BaseException:
         await session.close("client_closed")
         raise
@@ -624,37 +674,23 @@ async def transcribe_file(request: web.Request) -> web.Response:
     metadata = encoder.metadata()
     assert metadata.models is not None
     assert metadata.model_info is not None
-    words = [
-        w
-        for segment in session.finals()
-        for w in wire.words_of(
-            ((x.word, x.start, x.end, x.confidence) for x in segment.words), params.punctuate
-        )
-    ]
-    confidences = [s.confidence for s in transcript.segments]
+    config = session.config
+    channels = config.channels if config.multichannel else 1
+    finals = session.finals()
     answer = wire.DGPrerecorded(
         metadata=wire.DGPrerecordedMetadata(
             request_id=session.id,
             sha256=metadata.sha256,
             created=metadata.created,
             duration=metadata.duration,
-            channels=1,
+            channels=channels,
             models=metadata.models,
             model_info=metadata.model_info,
         ),
         results=wire.DGPrerecordedResults(
             channels=[
-                wire.DGPrerecordedChannel(
-                    alternatives=[
-                        wire.DGAlternative(
-                            transcript=transcript.text,
-                            confidence=round(sum(confidences) / len(confidences), 4)
-                            if confidences
-                            else 0.0,
-                            words=words,
-                        )
-                    ]
-                )
+                _prerecorded_channel([f for f in finals if (f.channel or 0) == i], params)
+                for i in range(channels)
             ]
         ),
     )
