@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import aiohttp
 import av
 
-from .decode import Container, sniff
+from .decode import SNIFF_BYTES, Container, sniff
 
 FRAME_MS = 20
 
@@ -54,7 +54,7 @@ def read_audio(path: Path, encoding: str, rate: int, channels: int) -> AudioFile
         ValueError: bytes that are no audio the gateway takes (a zip, an MP4, …).
     """
     data = path.read_bytes()
-    what = sniff(data[:8])
+    what = sniff(data[:SNIFF_BYTES])
     if isinstance(what, str):
         raise ValueError(f"{path}: these bytes look like {what}, not audio")
     if isinstance(what, Container):

@@ -78,12 +78,14 @@ class Container:
     av_format: str
 
 
+MP3 = Container("MP3", "mp3")
+
 _MAGIC: list[tuple[bytes, Container | str]] = [
     (b"RIFF", Container("WAV", "wav")),
     (b"OggS", Container("Ogg", "ogg")),
     (b"\x1a\x45\xdf\xa3", Container("WebM", "matroska")),
     (b"fLaC", Container("FLAC", "flac")),
-    (b"ID3", Container("MP3", "mp3")),
+    (b"ID3", MP3),
     (b"PK\x03\x04", "a zip archive"),
     (b"%PDF", "a PDF document"),
     (b"\x89PNG", "a PNG image"),
@@ -94,8 +96,8 @@ _MAGIC: list[tuple[bytes, Container | str]] = [
 ]
 """Magic bytes at offset 0: a container to decode, or what the bytes are instead (refused)."""
 
-_MAGIC_LEN = 4
-MP3 = Container("MP3", "mp3")
+SNIFF_BYTES = 8
+"""What :func:`sniff` needs to see of a stream's start (MP4's ``ftyp`` ends at byte 8)."""
 
 
 def _mp3_frame(head: bytes) -> bool:
@@ -537,7 +539,7 @@ class AudioStream:
 
     async def _sniffed(self, data: bytes) -> bytes:
         head = self._head + data
-        what = sniff(head[: max(_MAGIC_LEN, 8)])
+        what = sniff(head[:SNIFF_BYTES])
         if what is False:
             self._head = head
             return b""

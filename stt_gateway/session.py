@@ -151,8 +151,8 @@ class Session:
         self._limits = limits
         # The engine is given PCM16 at the session's rate, one channel, or every channel
         # interleaved for a multichannel session.
-        self._out_channels = config.channels if config.multichannel else 1
-        self._bytes_per_s = config.sample_rate * BYTES_PER_SAMPLE * self._out_channels
+        out_channels = config.channels if config.multichannel else 1
+        self._bytes_per_s = config.sample_rate * BYTES_PER_SAMPLE * out_channels
         self._max_lead_bytes = int(limits.max_audio_lead_s * self._bytes_per_s)
         self._on_closed = on_closed
         self._log = EventLog(

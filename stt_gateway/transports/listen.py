@@ -52,7 +52,7 @@ from multidict import MultiMapping
 
 from .. import __version__
 from .. import deepgram_wire as wire
-from ..decode import Container, Encoding, describe, sniff
+from ..decode import SNIFF_BYTES, Container, Encoding, describe, sniff
 from ..errors import BadControlMessage, GatewayError, UnsupportedAudio
 from ..eventlog import Subscription
 from ..events import (
@@ -289,7 +289,7 @@ class AudioIn:
         if self._held:
             data, self._held = self._held + data, b""
         if not self._checked:
-            what = sniff(data[:8])
+            what = sniff(data[:SNIFF_BYTES])
             if what is False:
                 self._held = data
                 return b""
@@ -654,7 +654,8 @@ async def transcribe_file(request: web.Request) -> web.Response:
     who.require_any(("sessions:create",))
     audio = AudioIn(_frame_bytes(params))
     session = await request.app[REGISTRY].create(params.config, owner=who.key_id)
-    digest = Encoder(session, params).digest
+    encoder = Encoder(session, params)
+    digest = encoder.digest
     try:
         async for chunk in _body_chunks(request, settings.max_file_bytes):
             try:
@@ -669,8 +670,6 @@ async def transcribe_file(request: web.Request) -> web.Response:
     except BaseException:
         await session.close("client_closed")
         raise
-    encoder = Encoder(session, params)
-    encoder.digest = digest
     metadata = encoder.metadata()
     assert metadata.models is not None
     assert metadata.model_info is not None
