@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -106,7 +107,13 @@ def create_app(
                     "the default engine %r is not available: %s", settings.default_engine, reason
                 )
             default.prepare()
+        # What start-up built (modules, models, the app) lives as long as the process: moved
+        # out of the collector's generations, a full collection walks only what sessions hold
+        # (Python's gc docs: "gc.freeze() … after fork", the same reasoning for one process).
+        gc.collect()
+        gc.freeze()
         yield
+        gc.unfreeze()  # an app in a longer-lived process (tests) gives its objects back
         for provider in engines.values():
             await provider.close()
         await workers.close()

@@ -1,10 +1,16 @@
 """A session's event log: ``seq`` assignment, a bounded replay ring, and fan-out.
 
-Each event is serialised to JSON once, at publish, and the same string goes to every
-subscriber (SSE and WebSocket send identical text). Publishing never awaits: each subscriber has
-its own bounded queue. When a subscriber falls behind, its pending interims are coalesced (a new
-``token`` replaces a pending ``token`` of the same utterance); finals and control events are
-never dropped. Past the hard limits — too many events pending, or the oldest pending one too
+Each event is serialised once, at publish, into the two frames it travels in — the SSE chunk
+and the WebSocket text frame — and the same bytes go to every subscriber. A :class:`Record` is a
+tuple of a ``seq``, a type and those bytes, which the garbage collector stops tracking after its
+first collection: the ring and the queues hold no objects it has to walk.
+
+Publishing never awaits. A subscriber whose connection gave its :class:`Sink` and whose writer is
+idle gets each live record written straight to its socket while the socket's send buffer is
+below its bound: no task wakes up. Otherwise the record waits in the subscriber's own bounded
+queue for its writer task. When a subscriber falls behind, its pending interims are coalesced
+(a new ``token`` replaces a pending ``token`` of the same utterance); finals and control events
+are never dropped. Past the hard limits — too many events pending, or the oldest pending one too
 old — the subscriber is cut off with a ``slow_consumer`` error and may come back with the last
 ``seq`` it saw. One slow reader costs only itself.
 
@@ -18,26 +24,74 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .errors import TooManySubscribers
-from .events import ErrorData, EventData, make_event
+from .events import ErrorData, EventData, encode_event, event_type_of
 
 if TYPE_CHECKING:
     from .session import SessionObserver
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One published event: its ``seq`` (``None`` off the log), type and wire JSON."""
+class Record(NamedTuple):
+    """One published event, framed for the wire once.
+
+    Attributes:
+        seq: its ``seq``; ``None`` for an error meant for one subscriber only.
+        event_type: ``token``, ``final``, … (``docs/api.md`` § Events out).
+        sse: the whole SSE event (``id: <seq>`` and ``data: <json>`` lines, CRLF-separated as
+            aiohttp-sse writes them) as one HTTP/1.1 chunk (RFC 9112 §7.1): bytes for the socket.
+        ws: the event JSON as one unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2).
+    """
 
     seq: int | None
     event_type: str
-    json: str
+    sse: bytes
+    ws: bytes
+
+    @property
+    def payload(self) -> bytes:
+        """The event JSON, UTF-8."""
+        size = self.ws[1]
+        return self.ws[2 if size < 126 else 4 if size == 126 else 10 :]
+
+    @property
+    def json(self) -> str:
+        """The event JSON as text (what a client receives)."""
+        return self.payload.decode()
+
+    @classmethod
+    def frame(cls, seq: int | None, event_type: str, payload: bytes) -> Record:
+        """Frame ``payload`` (the event JSON, UTF-8) for SSE and WebSocket."""
+        if seq is None:
+            event = b"data: %b\r\n\r\n" % payload
+        else:
+            event = b"id: %d\r\ndata: %b\r\n\r\n" % (seq, payload)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x81, size)
+        elif size < 1 << 16:
+            header = struct.pack("!BBH", 0x81, 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x81, 127, size)
+        return cls(seq, event_type, b"%x\r\n%b\r\n" % (len(event), event), header + payload)
+
+
+class Sink(Protocol):
+    """A subscriber's connection, written to directly while it keeps up."""
+
+    def write_now(self, record: Record) -> bool:
+        """Write ``record`` at once if the connection's send buffer is below its bound.
+
+        Returns:
+            whether it was written; ``False`` writes nothing (the record is then queued).
+        """
+        ...
 
 
 SESSION_END = "session_end"
@@ -47,9 +101,11 @@ TOKEN = "token"
 class Subscription:
     """One subscriber's view of a log: a replayed backlog, then live records.
 
-    Iterate with ``async for``; iteration ends after the ``session_end`` record, or after a
-    ``slow_consumer`` error record (seq ``None``) when the subscriber fell too far behind.
-    ``next()`` inside ``asyncio.timeout`` lets a transport send heartbeats while idle.
+    Iterate with ``async for``, or call :meth:`next_or_idle` to learn of idle periods (an SSE
+    heartbeat); iteration ends after the ``session_end`` record, or after a ``slow_consumer``
+    error record (seq ``None``) when the subscriber fell too far behind. A transport that can
+    write frames itself gives its :class:`Sink` with :meth:`attach`: live records then skip the
+    queue and the reader's wake-up while it keeps up.
 
     Args:
         log: the log it reads.
@@ -74,6 +130,8 @@ class Subscription:
         self._max_lag_s = max_lag_s
         self._coalesce_after = coalesce_after
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None
+        self._last_out = time.monotonic()  # when a record last went out (s, monotonic)
         self._cut: Record | None = None
         self._ended = False
         self.coalesced = 0
@@ -84,8 +142,26 @@ class Subscription:
         """Records waiting to be read (backlog and live)."""
         return len(self._backlog) + len(self._live)
 
+    def attach(self, sink: Sink) -> None:
+        """Let live records go straight to ``sink`` whenever this subscriber's reader is
+        waiting with nothing pending (so order is kept); call once the connection is ready."""
+        self._sink = sink
+
     def _offer(self, record: Record, now: float) -> bool:
-        """Queue a live record without waiting; ``False`` when past a hard limit."""
+        """Deliver a live record without waiting; ``False`` when past a hard limit."""
+        waiter = self._waiter
+        if (
+            waiter is not None
+            and self._sink is not None
+            and not waiter.done()
+            and self._sink.write_now(record)
+        ):
+            # The reader is parked with nothing pending, so nothing can be ahead of this
+            # record: it is on the socket with no task woken.
+            self._last_out = now
+            if record.event_type == SESSION_END:
+                self.close()
+            return True
         live = self._live
         if live and now - live[0][0] > self._max_lag_s:
             return False
@@ -114,11 +190,23 @@ class Subscription:
             self._waiter.set_result(None)
 
     async def next(self) -> Record:
-        """The next record. Cancel-safe: a caller may wrap it in ``asyncio.timeout``.
+        """The next record.
 
         Raises:
             StopAsyncIteration: the subscription has ended.
         """
+        record = await self.next_or_idle(None)
+        assert record is not None  # no idle limit, so never idle
+        return record
+
+    async def next_or_idle(self, idle_s: float | None) -> Record | None:
+        """The next record, or ``None`` once nothing has gone out for ``idle_s`` seconds
+        (records written through the sink count). Cancel-safe.
+
+        Raises:
+            StopAsyncIteration: the subscription has ended.
+        """
+        loop = asyncio.get_running_loop()
         while True:
             if self._ended:
                 raise StopAsyncIteration
@@ -132,14 +220,28 @@ class Subscription:
                 self.close()  # everything up to session_end was already read
                 continue
             else:
-                self._waiter = asyncio.get_running_loop().create_future()
+                now = loop.time()  # time.monotonic(), the clock _offer stamps with
+                if idle_s is not None and now - self._last_out >= idle_s:
+                    self._last_out = now
+                    return None
+                waiter = self._waiter = loop.create_future()
+                # One timer per wait, not per record: while the sink takes every record,
+                # this reader sleeps and the timer fires only when the stream is idle.
+                timer = (
+                    None
+                    if idle_s is None
+                    else loop.call_at(self._last_out + idle_s, _resolve, waiter)
+                )
                 try:
-                    await self._waiter
+                    await waiter
                 finally:
                     self._waiter = None
+                    if timer is not None:
+                        timer.cancel()
                 continue
             if record is self._cut or record.event_type == SESSION_END:
                 self.close()
+            self._last_out = loop.time()
             return record
 
     def __aiter__(self) -> AsyncIterator[Record]:
@@ -153,6 +255,11 @@ class Subscription:
         self._ended = True
         self._log._unsubscribe(self)
         self._wake()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class EventLog:
@@ -182,6 +289,7 @@ class EventLog:
         observer: SessionObserver | None = None,
     ) -> None:
         self.session_id = session_id
+        self._session_id_json = json.dumps(session_id).encode()
         self._ring: deque[Record] = deque()
         self._ring_events = ring_events
         self._ring_bytes = ring_bytes
@@ -191,6 +299,9 @@ class EventLog:
         self._max_subscribers = max_subscribers
         self._observer = observer
         self._subscribers: set[Subscription] = set()
+        # _subscribers as a tuple, rebuilt at the first publish after a change: publish iterates
+        # a snapshot (a subscriber may leave during it) without copying the set every event.
+        self._fanout: tuple[Subscription, ...] | None = ()
         self._last_seq = 0
         self.closed = False
         """True once ``session_end`` is published."""
@@ -223,18 +334,22 @@ class EventLog:
         if self.closed:
             raise RuntimeError(f"event log of session {self.session_id} is closed")
         self._last_seq += 1
-        event = make_event(data, seq=self._last_seq, session_id=self.session_id)
-        record = Record(self._last_seq, event.event_type, event.model_dump_json(exclude_none=True))
+        seq = self._last_seq
+        payload = encode_event(data, seq=seq, session_id_json=self._session_id_json)
+        record = Record.frame(seq, event_type_of(data), payload)
         self._ring.append(record)
-        self._bytes += len(record.json)
+        self._bytes += len(record.ws)
         while len(self._ring) > 1 and (
             len(self._ring) > self._ring_events or self._bytes > self._ring_bytes
         ):
-            self._bytes -= len(self._ring.popleft().json)
+            self._bytes -= len(self._ring.popleft().ws)
         if record.event_type == SESSION_END:
             self.closed = True
         now = time.monotonic()
-        for sub in list(self._subscribers):
+        fanout = self._fanout
+        if fanout is None:
+            fanout = self._fanout = tuple(self._subscribers)
+        for sub in fanout:
             coalesced = sub.coalesced
             if not sub._offer(record, now):
                 self._drop_slow(sub)
@@ -275,13 +390,16 @@ class EventLog:
         )
         if not self.closed:
             self._subscribers.add(sub)
+            self._fanout = None
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        self._subscribers.discard(sub)
+        if sub in self._subscribers:
+            self._subscribers.discard(sub)
+            self._fanout = None
 
     def _drop_slow(self, sub: Subscription) -> None:
-        self._subscribers.discard(sub)
+        self._unsubscribe(sub)
         if self._observer is not None:
             self._observer.dropped("slow_consumer")
         sub._cut_off(
@@ -294,7 +412,7 @@ class EventLog:
 
     def _error(self, code: str, message: str) -> Record:
         """An ``error`` record for one subscriber only: not in the log, no seq."""
-        event = make_event(
-            ErrorData(code=code, message=message), seq=None, session_id=self.session_id
+        data = ErrorData(code=code, message=message)
+        return Record.frame(
+            None, "error", encode_event(data, seq=None, session_id_json=self._session_id_json)
         )
-        return Record(None, "error", event.model_dump_json(exclude_none=True))

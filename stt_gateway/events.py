@@ -182,6 +182,47 @@ _ENVELOPE_FOR: dict[type[_Data], type[_Envelope]] = {
 }
 
 
+_TYPE_OF: dict[type[_Data], bytes] = {
+    data: envelope.model_fields["event_type"].default.encode()
+    for data, envelope in _ENVELOPE_FOR.items()
+}
+
+
+def event_type_of(data: EventData) -> str:
+    """The ``event_type`` an event with this ``data`` has (``token``, ``final``, …)."""
+    return _TYPE_OF[type(data)].decode()
+
+
+def encode_event(data: EventData, *, seq: int | None, session_id_json: bytes) -> bytes:
+    """The event's wire JSON (UTF-8), the envelope stamped with the time now (Unix s).
+
+    The same JSON :func:`make_event` gives (fields in envelope order, ``None`` left out), built
+    without an envelope model: this runs once per published event, and only ``data`` needs
+    pydantic's serialiser.
+
+    Args:
+        data: already validated.
+        seq: ``None`` for an event off the log (an error for one connection, a heartbeat).
+        session_id_json: the session id as a JSON string literal (quotes included).
+    """
+    body = data.__pydantic_serializer__.to_json(data, exclude_none=True)
+    kind = _TYPE_OF[type(data)]
+    if seq is None:
+        return b'{"event_type":"%b","session_id":%b,"timestamp":%r,"data":%b}' % (
+            kind,
+            session_id_json,
+            time.time(),
+            body,
+        )
+    return b'{"event_type":"%b","seq":%d,"session_id":%b,"timestamp":%r,"data":%b}' % (
+        kind,
+        seq,
+        session_id_json,
+        time.time(),
+        body,
+    )
+
+
 def make_event(data: EventData, *, seq: int | None, session_id: str) -> _Envelope:
     """Wrap already-validated ``data`` in its envelope, stamped with the time now (Unix s).
 

@@ -22,7 +22,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+from pydantic import TypeAdapter
 
 from .audio import BYTES_PER_SAMPLE, check_chunk
 from .decode import AudioStream
@@ -34,11 +36,12 @@ from .errors import (
     SessionClosed,
     UnsupportedAudio,
 )
-from .eventlog import EventLog, Subscription
+from .eventlog import EventLog, Record, Subscription
 from .events import (
     EngineResult,
     ErrorData,
     FinalData,
+    FinalEvent,
     SessionEndData,
     SpeechStartData,
     TokenData,
@@ -82,6 +85,23 @@ class NullObserver:
 
     def ended(self, reason: str) -> None:
         pass
+
+
+class _Final(NamedTuple):
+    """A final as the transcript keeps it: its scalars and its published event (words and
+    all, as bytes). A tuple of strings, numbers and bytes, so the garbage collector stops
+    tracking it: an hours-long transcript adds nothing to the collector's walks."""
+
+    text: str
+    start: float
+    end: float
+    confidence: float
+    source: str | None
+    channel: int | None
+    record: Record
+
+
+_FINAL_EVENT: TypeAdapter[FinalEvent] = TypeAdapter(FinalEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +204,7 @@ class Session:
         )
         self._decoding = asyncio.Lock()  # one chunk at a time through a stateful decoder
         self._stream_owner: object | None = None  # whose bytes the stream holds (None: POSTs)
-        self._finals: list[FinalData] = []
+        self._finals: list[_Final] = []
         # Per channel (None: a session of one), the newest interim no final covers.
         self._pending_interims: dict[int | None, TokenData] = {}
         self._results_seen = 0  # engine results published: progress, while closing
@@ -482,8 +502,7 @@ class Session:
                 speech_final=False,
                 source="interim",
             )
-            self._finals.append(final)
-            self._log.publish(final)
+            self._keep(final, self._log.publish(final))
             salvaged = True
         return salvaged
 
@@ -509,15 +528,29 @@ class Session:
             self._publish_error(result)
             return
         self._results_seen += 1
+        record = self._log.publish(result)
         if isinstance(result, FinalData):
-            self._finals.append(result)
+            self._keep(result, record)
             pending = self._pending_interims.get(result.channel)
             if pending is not None and result.end >= pending.start:
                 del self._pending_interims[result.channel]  # this final covers its utterance
         elif type(result) is TokenData:
             self._pending_interims[result.channel] = result
-        self._log.publish(result)
         self._measure(result)
+
+    def _keep(self, final: FinalData, record: Record) -> None:
+        """Add a published final to the transcript, in the compact form it is kept in."""
+        self._finals.append(
+            _Final(
+                final.text,
+                final.start,
+                final.end,
+                final.confidence,
+                final.source,
+                final.channel,
+                record,
+            )
+        )
 
     def _publish_error(self, error: ErrorData) -> None:
         """An error about the session itself: to every subscriber, and to the operator's log."""
@@ -562,8 +595,8 @@ class Session:
         return self._log.subscribe(since)
 
     def finals(self) -> list[FinalData]:
-        """Every final so far, in order, with its words."""
-        return list(self._finals)
+        """Every final so far, in order, with its words (parsed from the events as sent)."""
+        return [_FINAL_EVENT.validate_json(f.record.payload).data for f in self._finals]
 
     def transcript(self) -> Transcript:
         """Every final so far, in order."""

@@ -116,8 +116,8 @@ class Settings(BaseSettings):
     subscriber_stall_s: float = Field(
         30.0,
         gt=0,
-        description="an SSE write blocked this long aborts that subscriber's "
-        "connection (a dead or frozen peer)",
+        description="a subscriber's write (SSE or WebSocket) blocked this long aborts "
+        "its connection (a dead or frozen peer)",
     )
     ws_max_bad_frames: int = Field(
         10,

@@ -9,14 +9,13 @@ reconnect after that gets ``204``, which stops a browser's automatic reconnects.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from ..eventlog import Record
 from ..events import HeartbeatData, make_event
 from .common import METRICS, SETTINGS, bound_send_buffer, resume_id_param, session_of
+from .delivery import SSE_FRAME, FrameSink
 
 routes = web.RouteTableDef()
 
@@ -35,35 +34,44 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # reconnecting (WHATWG HTML, server-sent events §9.2.3).
         return web.Response(status=204)
     sub = session.subscribe(since)  # before the answer starts: 503 too_many_subscribers
+    # send_timeout sets TCP_USER_TIMEOUT: the kernel drops a peer that acknowledges nothing.
     resp = EventSourceResponse(send_timeout=settings.subscriber_stall_s)
     bound_send_buffer(request, settings.subscriber_send_buffer)
     try:
-        await resp.prepare(request)
+        writer = await resp.prepare(request)
     except BaseException:
         sub.close()
         raise
     connected = request.app[METRICS].subscribers.labels("sse")
     connected.inc()
     try:
-        # A block with only `retry:` sets the browser's reconnect delay (WHATWG HTML §9.2).
+        # A block with only `retry:` sets the browser's reconnect delay (WHATWG HTML §9.2);
+        # written through aiohttp, it also sends the headers and starts the chunked body.
         await resp.write(f"retry: {settings.sse_retry_ms}\r\n\r\n".encode())
+        sink = FrameSink.of(
+            request,
+            writer,
+            SSE_FRAME,
+            high=settings.subscriber_send_buffer,
+            stall_s=settings.subscriber_stall_s,
+        )
+        sub.attach(sink)
         while True:
             try:
-                async with asyncio.timeout(settings.heartbeat_s):
-                    record: Record | None = await sub.next()
-            except TimeoutError:
-                record = None
+                record = await sub.next_or_idle(settings.heartbeat_s)
             except StopAsyncIteration:
                 break
-            if record is None:
-                beat = make_event(HeartbeatData(), seq=None, session_id=session.id)
-                await resp.send(beat.model_dump_json(exclude_none=True))
-            else:
-                await resp.send(record.json, id=None if record.seq is None else str(record.seq))
+            await sink.send(_heartbeat(session.id) if record is None else record)
     except (ConnectionError, TimeoutError):
-        pass  # the subscriber left or froze (aiohttp-sse aborted it); it may resume
+        pass  # the subscriber left or froze (its connection was aborted); it may resume
     finally:
         connected.dec()
         sub.close()
         resp.stop_streaming()
     return resp
+
+
+def _heartbeat(session_id: str) -> Record:
+    """A ``heartbeat`` event (no ``id``), sent after ``heartbeat_s`` with nothing else sent."""
+    beat = make_event(HeartbeatData(), seq=None, session_id=session_id)
+    return Record.frame(None, "heartbeat", beat.model_dump_json(exclude_none=True).encode())

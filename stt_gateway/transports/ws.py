@@ -41,6 +41,7 @@ from .common import (
     session_of,
     validation_message,
 )
+from .delivery import WS_FRAME, FrameSink
 from .frames import read_frames
 
 routes = web.RouteTableDef()
@@ -72,18 +73,32 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=settings.ws_ping_s,
         max_msg_size=4 * settings.max_chunk_bytes,
         protocols=WS_PROTOCOLS,  # a credential sent as a subprotocol pair: select its scheme
+        # No permessage-deflate: every subscriber gets the same frame bytes, built once at
+        # publish; a deflate context per socket would make each frame per socket (and holds
+        # ~300 KB of zlib state per connection for events of a few hundred bytes).
+        compress=False,
     )
     # Subscribed before the upgrade: 503 too_many_subscribers is an HTTP answer.
     sub = session.subscribe(since) if events else None
     bound_send_buffer(request, settings.subscriber_send_buffer)
     try:
-        await ws.prepare(request)
+        stream = await ws.prepare(request)
+        if sub is not None:
+            sink = FrameSink.of(
+                request,
+                stream,
+                WS_FRAME,
+                high=settings.subscriber_send_buffer,
+                stall_s=settings.subscriber_stall_s,
+                closed=lambda: ws.closed,
+            )
+            sub.attach(sink)
     except BaseException:
         if sub is not None:
             sub.close()
         raise
     writer = asyncio.create_task(
-        _send_events(ws, sub) if sub is not None else _close_when_ended(ws, session),
+        _send_events(ws, sub, sink) if sub is not None else _close_when_ended(ws, session),
         name=f"ws-out-{session.id}",
     )
     metrics = request.app[METRICS]
@@ -164,10 +179,12 @@ async def _close_when_ended(ws: web.WebSocketResponse, session: Session) -> None
         await ws.close(message=b"session ended")
 
 
-async def _send_events(ws: web.WebSocketResponse, sub: Subscription) -> None:
+async def _send_events(ws: web.WebSocketResponse, sub: Subscription, sink: FrameSink) -> None:
+    """Send what the sink could not take at once (replay, and whenever the peer is behind),
+    then close after ``session_end``."""
     try:
         async for record in sub:
-            await ws.send_str(record.json)
+            await sink.send(record)
         await ws.close(message=b"session ended")
-    except ConnectionError:
-        pass  # the peer left; the reader loop ends too
+    except (ConnectionError, TimeoutError):
+        pass  # the peer left or froze (its connection was aborted); the reader loop ends too
