@@ -10,14 +10,16 @@ passes when
   (p99 send lag) and, for the instant engine, every frame's interim arrived (a subscriber
   that falls behind gets its interims coalesced; the instant engine answers every frame).
 
-N doubles from ``--start`` until a trial fails, then bisects to within 10 %. Engines: the
-instant in-process engine (``bench/gateway.py``; its time is ~zero, so the limit is ours) and
-the Deepgram adapter against the local fake (``tests/fakes/deepgram.py``, in its own process,
-answering every 20 ms of audio with an interim); on request also ``local`` and ``whisper``,
-the speech engines on real speech, judged against ``--local-p95-ms`` (their decoding is real
-work): how many real-time streams of each this box holds.
+N doubles from ``--start`` until a trial fails, then bisects to within 10 %. Engines: ``echo``, the
+floor (the bare aiohttp WS echo of ``bench/loadgen.py`` under the same load and verdict: what this
+box and the generator hold with no gateway at all), the instant in-process engine
+(``bench/gateway.py``; its time is ~zero, so the limit is ours) and the Deepgram adapter against
+the local fake (``tests/fakes/deepgram.py``, in its own process, answering every 20 ms of audio
+with an interim); on request also ``local`` and ``whisper``, the speech engines on real speech,
+judged against ``--local-p95-ms`` (their decoding is real work): how many real-time streams of each
+this box holds.
 
-Run: ``.venv/bin/python bench/capacity.py [--engines instant,deepgram,local,whisper] [--uvloop]``
+Run: ``.venv/bin/python bench/capacity.py [--engines echo,instant,deepgram,local] [--uvloop]``
 Prints every trial, the capacity per engine, and one JSON line. No assertions.
 """
 
@@ -28,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_s, free_port, start_gateway, stop, wait_up  # noqa: E402
 from bench.deepgram_overhead import CLIP, KEY, serve_fake  # noqa: E402
-from bench.loadgen import Load, pct, run_load  # noqa: E402
+from bench.loadgen import Load, pct, run_load, serve_echo  # noqa: E402
 
 MAX_SEND_LAG_MS = 20.0
 MIN_DELIVERED = 0.999
@@ -56,19 +59,31 @@ def trial(
     real = engine in ("local", "whisper")  # real speech engines, decoding in worker processes
     if real:  # one worker per core, the gateway's default
         env = {k: v for k, v in env.items() if k != "STT_GATEWAY_ENGINE_PROCESSES"}
-    gateway = start_gateway(
-        port,
-        env,
-        engine="local" if real else "instant",
-        uvloop=args.uvloop,
-        gc=args.gc,
-    )
-    pids = {"gateway": gateway.pid} | ({"fake": fake_pid} if engine == "deepgram" else {})
-    audio = CLIP.pcm if engine != "instant" else b""
+    server: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess
+    if engine == "echo":  # the floor: the bare aiohttp WS echo, same load, same verdict
+        server = multiprocessing.get_context("spawn").Process(
+            target=serve_echo, args=(port,), daemon=True
+        )
+        server.start()
+        asyncio.run(wait_up(f"http://127.0.0.1:{port}/"))
+    else:
+        server = start_gateway(
+            port,
+            env,
+            engine="local" if real else "instant",
+            uvloop=args.uvloop,
+            gc=args.gc,
+        )
+    assert server.pid is not None
+    pids = {"gateway": server.pid} | ({"fake": fake_pid} if engine == "deepgram" else {})
+    audio = CLIP.pcm if engine not in ("instant", "echo") else b""
     config_engine = "local" if engine == "instant" else engine  # instant is `local` there
     limit_ms = args.local_p95_ms if real else args.p95_ms
-    base = f"http://127.0.0.1:{port}"
-    load = Load("gateway", base, sessions, args.seconds, engine=config_engine, audio=audio)
+    if engine == "echo":
+        load = Load("echo", f"ws://127.0.0.1:{port}/", sessions, args.seconds)
+    else:
+        base = f"http://127.0.0.1:{port}"
+        load = Load("gateway", base, sessions, args.seconds, engine=config_engine, audio=audio)
     try:
         cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
@@ -76,7 +91,11 @@ def trial(
         wall = time.perf_counter() - t0
         row_cpu = {f"{name}_cpu": (cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
     finally:
-        stop(gateway)
+        if isinstance(server, subprocess.Popen):
+            stop(server)
+        else:
+            server.terminate()
+            server.join(10)
     lat = result.latency_ms["ws"]
     row: dict[str, Any] = {
         "engine": engine,
@@ -95,7 +114,7 @@ def trial(
         reasons.append(f"p95 {row['p95_ms']:.1f} ms")
     if not row["send_lag_p99_ms"] < MAX_SEND_LAG_MS:
         reasons.append(f"generator behind (send lag p99 {row['send_lag_p99_ms']:.1f} ms)")
-    if engine == "instant" and row["delivered"] < MIN_DELIVERED:
+    if engine in ("instant", "echo") and row["delivered"] < MIN_DELIVERED:
         reasons.append(f"interims delivered {row['delivered']:.1%}")
     if result.closed_early:
         reasons.append(f"{result.closed_early} streams cut")
@@ -130,7 +149,11 @@ def search(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", default="instant,deepgram", help="comma-separated")
+    parser.add_argument(
+        "--engines",
+        default="echo,instant,deepgram",
+        help="comma-separated; echo is the floor (the bare aiohttp WS echo, no gateway)",
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per trial session")
     parser.add_argument("--start", type=int, default=50, help="first session count tried")
     parser.add_argument("--max", type=int, default=3200, help="largest session count tried")

@@ -1,15 +1,19 @@
 """One session, many subscribers: time from publish to the last subscriber's receipt.
 
-For each N (default 10, 100, 1,000, 10,000) and each transport (SSE, then WS): a fresh gateway
-with the instant engine (``bench/gateway.py``; fresh, so that RSS per subscriber is not blurred
-by heap an earlier stage freed), one session, N subscribers spread over
-``--processes`` subscriber processes, then a producer sending one ``--chunk-ms`` chunk per
-chunk period at real-time pace for ``--seconds``. The instant engine publishes one interim per
-chunk at once, so a chunk's send is its publish (plus a loopback hop, which the N = 10 row
-shows). Per event: the receipt time at the first and at the last subscriber holding it;
-``perf_counter`` is CLOCK_MONOTONIC, one clock across processes. Printed: p50/p95 of
-publish → last receipt, events delivered per second over all subscribers, subscribers cut off
-as too slow, and gateway RSS per subscriber (RSS with N connected minus before, / N).
+For each N (default 10, 100, 1,000, 10,000), each transport (SSE, then WS) and each path — the
+floor first (``bench/fanout_floor.py``: a bare aiohttp server writing one pre-framed event to
+every subscriber's transport, nothing else), then the gateway with the instant engine
+(``bench/gateway.py``) — a fresh server (so that RSS per subscriber is not blurred by heap an
+earlier stage freed), one session, N subscribers spread over ``--processes`` subscriber
+processes, then a producer sending one ``--chunk-ms`` chunk per chunk period at real-time pace
+for ``--seconds``. The instant engine publishes one interim per chunk at once, so a chunk's
+send is its publish (plus a loopback hop, which the N = 10 row shows). The subscribers are bare
+sockets that scan the byte stream for each result's audio end (see ``_Subscriber``): a parsing
+client would spend more CPU than the server it measures. Per event: the receipt time at the
+first and at the last subscriber holding it; ``perf_counter`` is CLOCK_MONOTONIC, one clock
+across processes. Printed: p50/p95 of publish → last receipt, events delivered per second over
+all subscribers, subscribers cut off as too slow, server RSS per subscriber (RSS with N
+connected minus before, / N), and the server's and the subscribers' CPU.
 
 The open-file limit is raised to its hard limit in every process (10,000 subscribers are
 10,000 sockets on each side).
@@ -22,15 +26,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing
 import os
+import re
 import resource
+import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -38,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, raise_fd_limit, rss_mb, start_gateway, stop  # noqa: E402
+from bench.common import cpu_s, free_port, raise_fd_limit, rss_mb, start_gateway, stop, wait_up  # noqa: E402
 
 RATE = 16_000
 CONNECT_TIMEOUT_S = 120.0
@@ -57,17 +65,11 @@ class Receipts:
         self.failed = 0  # subscriber connections that failed
         self.cpu_s = 0.0
 
-    def record(self, event: bytes | str, now: float, seen: int) -> int:
-        """Count one subscriber's receipt of ``event``; ``seen`` is the newest chunk index it
-        had (a later result for the same chunk, e.g. the final a close flushes, is not a
-        second receipt). Returns the new ``seen``."""
-        parsed = json.loads(event)
-        if parsed.get("event_type") == "error":
-            self.cut += 1
-            return seen
-        if parsed.get("event_type") not in ("token", "final"):
-            return seen
-        i: int = round(parsed["data"]["end"] / self.chunk_s) - 1
+    def record(self, end_s: float, now: float, seen: int) -> int:
+        """Count one subscriber's receipt of the result ending at ``end_s`` (s of audio);
+        ``seen`` is the newest chunk index it had (a later result for the same chunk, e.g. the
+        final a close flushes, is not a second receipt). Returns the new ``seen``."""
+        i = round(end_s / self.chunk_s) - 1
         if seen < i < len(self.count):
             self.count[i] += 1
             self.first[i] = min(self.first[i], now)
@@ -76,38 +78,96 @@ class Receipts:
         return seen
 
 
-async def _sse(http: aiohttp.ClientSession, url: str, out: Receipts) -> None:
-    seen = -1
-    async with http.get(url) as resp:
-        async for line in resp.content:
-            if line.startswith(b"data:"):
-                seen = out.record(line[5:], time.perf_counter(), seen)
+# A result's audio end in the event JSON; the events end with "}}" (envelope and data).
+_END = re.compile(rb'"end":([0-9.]+)')
+_WS_KEY = base64.b64encode(b"stt-gw-bench-key").decode()  # 16 bytes (RFC 6455 §4.1)
 
 
-async def _ws(http: aiohttp.ClientSession, url: str, out: Receipts) -> None:
-    seen = -1
-    async with http.ws_connect(url) as ws:
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                seen = out.record(msg.data, time.perf_counter(), seen)
+class _Subscriber(asyncio.Protocol):
+    """One subscriber on a bare socket: the request written by hand, the stream scanned for
+    each result's ``"end"`` (no HTTP, SSE or WebSocket parsing). At 100,000 events/s a
+    parsing client (aiohttp's reader, ``json.loads`` per event) takes more of this 2-core box
+    than the gateway does, and its own lag would be measured as the gateway's. WebSocket frames
+    from a server are unmasked, so the event JSON is plain in the byte stream too."""
+
+    def __init__(self, request: bytes, out: Receipts, done: asyncio.Future[None]) -> None:
+        self._request = request
+        self._out = out
+        self._done = done
+        self._tail = b""
+        self._seen = -1
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        buf = self._tail + data if self._tail else data
+        cut = buf.rfind(b"}}") + 2  # up to the end of the last whole event
+        self._tail = buf[cut:] if cut > 1 else buf
+        if cut < 2:
+            return
+        region = buf[:cut]
+        for match in _END.finditer(region):
+            self._seen = self._out.record(float(match[1]), now, self._seen)
+        if b'"slow_consumer"' in region:
+            self._out.cut += 1
+        if b'"session_end"' in region and self._transport is not None:
+            self._transport.close()  # an SSE response ends but its connection stays open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+
+def _request(transport: str, url: str) -> tuple[str, int, bytes]:
+    """Host, port and the GET that opens an SSE stream or a WebSocket at ``url``."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = f"GET {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    if transport == "sse":
+        head += "Accept: text/event-stream\r\n"
+    else:
+        head += (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {_WS_KEY}\r\nSec-WebSocket-Version: 13\r\n"
+        )
+    return host, port, (head + "\r\n").encode()
+
+
+async def _follow(
+    host: str, port: int, request: bytes, out: Receipts, gate: asyncio.Semaphore
+) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    async with gate:  # connects in waves: the gateway's listen backlog is finite
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: _Subscriber(request, out, done), host, port),
+            CONNECT_TIMEOUT_S,
+        )
+    try:
+        await done
+    finally:
+        transport.close()
 
 
 async def _subscribe(transport: str, url: str, n: int, chunks: int, chunk_s: float) -> Receipts:
     """Open ``n`` subscribers and read until the session ends (its ``session_end`` ends every
     stream) or ``READ_TIMEOUT_S`` passes."""
     out = Receipts(chunks, chunk_s)
-    connector = aiohttp.TCPConnector(limit=0)  # no pool cap: every subscriber is a connection
-    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
-    follow = _sse if transport == "sse" else _ws
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        tasks = [asyncio.create_task(follow(http, url, out)) for _ in range(n)]
-        _, pending = await asyncio.wait(tasks, timeout=READ_TIMEOUT_S)
-        for task in pending:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        out.failed = sum(isinstance(r, Exception) for r in results)
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    host, port, request = _request(transport, url)
+    gate = asyncio.Semaphore(500)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    tasks = [asyncio.create_task(_follow(host, port, request, out, gate)) for _ in range(n)]
+    _, pending = await asyncio.wait(tasks, timeout=READ_TIMEOUT_S)
+    for task in pending:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    out.failed = sum(isinstance(r, Exception) for r in results)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     out.cpu_s = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     return out
 
@@ -177,6 +237,7 @@ async def _stage(
         connect_s = time.perf_counter() - t_connect
         rss_connected = rss_mb(pid)
         t0 = time.perf_counter()
+        cpu0 = cpu_s(pid)
         sent_at = await _produce(http, session["audio_url"], chunks, chunk_s)
         rss_end = rss_mb(pid)
         async with http.delete(info_url):
@@ -185,6 +246,7 @@ async def _stage(
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv) for pipe in pipes
         ]
         wall = time.perf_counter() - t0
+        server_cpu = (cpu_s(pid) - cpu0) / wall
         for proc in procs:
             proc.join(10)
     count = np.sum([r.count for r in parts], axis=0)
@@ -208,8 +270,22 @@ async def _stage(
         "connect_s": connect_s,
         "rss_kb_per_subscriber": (rss_connected - rss_before) * 1024 / n,
         "rss_mb_end": rss_end,
+        "server_cpu": server_cpu,
         "subscriber_cpu": sum(r.cpu_s for r in parts) / wall,
     }
+
+
+def _start_floor(port: int) -> subprocess.Popen[bytes]:
+    """Start ``bench/fanout_floor.py`` on ``port``; returns once it answers ``/health``."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fanout_floor.py"), "--port", str(port)]
+    )
+    try:
+        asyncio.run(wait_up(f"http://127.0.0.1:{port}/health"))
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
 
 
 def main() -> None:
@@ -229,30 +305,41 @@ def main() -> None:
         f"{'uvloop' if args.uvloop else 'asyncio'}; open-file limit {raise_fd_limit()}"
     )
     print(
-        f"{'sub':>4} {'N':>6} {'to all':>6} {'first p50':>9} {'last p50':>9} {'last p95':>9} "
-        f"{'events/s':>9} {'cut':>5} {'connect s':>9} {'KB/sub':>7} {'sub CPU':>7}"
+        f"{'path':>7} {'sub':>4} {'N':>6} {'to all':>6} {'first p50':>9} {'last p50':>9} "
+        f"{'last p95':>9} {'events/s':>9} {'cut':>5} {'connect s':>9} {'KB/sub':>7} "
+        f"{'srv CPU':>7} {'sub CPU':>7}"
     )
     for transport in args.transports.split(","):
         for n in (int(x) for x in args.subscribers.split(",")):
-            port = free_port()
-            env = {
-                "STT_GATEWAY_ENGINE_PROCESSES": "1",
-                "STT_GATEWAY_MAX_SUBSCRIBERS": str(n + 10),  # above the default per session
-            }
-            gateway = start_gateway(port, env, uvloop=args.uvloop)
-            try:
-                r = asyncio.run(_stage(f"http://127.0.0.1:{port}", transport, n, args, gateway.pid))
-            finally:
-                stop(gateway)
-            rows.append(r)
-            print(
-                f"{r['transport']:>4} {n:>6} {r['events_to_all']:>6} "
-                f"{r['first_p50_ms']:>9.2f} {r['last_p50_ms']:>9.2f} {r['last_p95_ms']:>9.2f} "
-                f"{r['delivered_per_s']:>9.0f} {r['cut'] + r['failed']:>5} "
-                f"{r['connect_s']:>9.1f} {r['rss_kb_per_subscriber']:>7.1f} "
-                f"{r['subscriber_cpu']:>6.0%}",
-                flush=True,
-            )
+            for path in ("floor", "gateway"):
+                port = free_port()
+                if path == "floor":
+                    server = _start_floor(port)
+                else:
+                    env = {
+                        "STT_GATEWAY_ENGINE_PROCESSES": "1",
+                        "STT_GATEWAY_MAX_SUBSCRIBERS": str(n + 10),  # above the default
+                        # The subscribers answer no pings: none during a stage.
+                        "STT_GATEWAY_WS_PING_S": "3600",
+                    }
+                    server = start_gateway(port, env, uvloop=args.uvloop)
+                try:
+                    r = asyncio.run(
+                        _stage(f"http://127.0.0.1:{port}", transport, n, args, server.pid)
+                    )
+                finally:
+                    stop(server)
+                r["path"] = path
+                rows.append(r)
+                print(
+                    f"{path:>7} {r['transport']:>4} {n:>6} {r['events_to_all']:>6} "
+                    f"{r['first_p50_ms']:>9.2f} {r['last_p50_ms']:>9.2f} "
+                    f"{r['last_p95_ms']:>9.2f} {r['delivered_per_s']:>9.0f} "
+                    f"{r['cut'] + r['failed']:>5} {r['connect_s']:>9.1f} "
+                    f"{r['rss_kb_per_subscriber']:>7.1f} {r['server_cpu']:>6.0%} "
+                    f"{r['subscriber_cpu']:>6.0%}",
+                    flush=True,
+                )
     print(json.dumps({"bench": "fanout", "chunk_ms": args.chunk_ms, "rows": rows}))
 
 

@@ -124,8 +124,12 @@ class Subscription:
         max_lag_s: float,
     ) -> None:
         self._log = log
-        self._backlog = deque(backlog)
-        self._live: deque[tuple[float, Record]] = deque()  # (monotonic s queued, record)
+        # Replayed records, read from _replayed on; the list is dropped once read. No deques
+        # until needed: an empty deque takes ~760 B, and most subscribers never queue.
+        self._backlog = backlog
+        self._replayed = 0
+        # (monotonic s queued, record), made when a record first has to wait.
+        self._live: deque[tuple[float, Record]] | None = None
         self._limit = limit
         self._max_lag_s = max_lag_s
         self._coalesce_after = coalesce_after
@@ -140,7 +144,7 @@ class Subscription:
     @property
     def pending(self) -> int:
         """Records waiting to be read (backlog and live)."""
-        return len(self._backlog) + len(self._live)
+        return len(self._backlog) - self._replayed + len(self._live or ())
 
     def attach(self, sink: Sink) -> None:
         """Let live records go straight to ``sink`` whenever this subscriber's reader is
@@ -163,7 +167,9 @@ class Subscription:
                 self.close()
             return True
         live = self._live
-        if live and now - live[0][0] > self._max_lag_s:
+        if live is None:
+            live = self._live = deque()
+        elif live and now - live[0][0] > self._max_lag_s:
             return False
         if (
             record.event_type == TOKEN
@@ -213,7 +219,10 @@ class Subscription:
             if self._cut is not None:
                 record = self._cut
             elif self._backlog:
-                record = self._backlog.popleft()
+                record = self._backlog[self._replayed]
+                self._replayed += 1
+                if self._replayed == len(self._backlog):
+                    self._backlog, self._replayed = [], 0
             elif self._live:
                 record = self._live.popleft()[1]
             elif self._log.closed:

@@ -44,7 +44,7 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
     out, result = run_bench(
         "capacity.py",
         "--engines",
-        "instant,deepgram,local,whisper",
+        "echo,instant,deepgram,local,whisper",
         "--seconds",
         "1",
         "--start",
@@ -60,17 +60,22 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
     firsts: dict[str, int] = {}
     for t in result["trials"]:
         firsts.setdefault(t["engine"], t["sessions"])
-    assert firsts == {"instant": 2, "deepgram": 2, "local": 2, "whisper": 2}
+    assert firsts == {"echo": 2, "instant": 2, "deepgram": 2, "local": 2, "whisper": 2}
     assert all(t["results"] > 0 for t in result["trials"])
     assert set(result["capacity"]) == set(firsts)
     assert "capacity deepgram:" in out
     assert result["uvloop"] is True
 
 
-def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws() -> None:
+def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws_beside_the_floor() -> None:
     out, result = run_bench("fanout.py", "--subscribers", "3", "--seconds", "1")
-    assert [(r["transport"], r["subscribers"]) for r in result["rows"]] == [("sse", 3), ("ws", 3)]
-    assert all(r["events_to_all"] > 0 for r in result["rows"])
+    assert [(r["path"], r["transport"], r["subscribers"]) for r in result["rows"]] == [
+        ("floor", "sse", 3),
+        ("gateway", "sse", 3),
+        ("floor", "ws", 3),
+        ("gateway", "ws", 3),
+    ]
+    assert all(r["events_to_all"] == r["events"] for r in result["rows"])
     assert "last p95" in out
 
 
