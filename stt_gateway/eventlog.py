@@ -82,6 +82,10 @@ class Record(NamedTuple):
         return cls(seq, event_type, b"%x\r\n%b\r\n" % (len(event), event), header + payload)
 
 
+_Frozen = tuple[int | None, str, bytes, bytes]
+"""A :class:`Record`'s fields as a plain tuple (see ``EventLog._ring``)."""
+
+
 class Sink(Protocol):
     """A subscriber's connection, written to directly while it keeps up."""
 
@@ -299,7 +303,10 @@ class EventLog:
     ) -> None:
         self.session_id = session_id
         self._session_id_json = json.dumps(session_id).encode()
-        self._ring: deque[Record] = deque()
+        # The ring holds each record as a plain tuple, which the collector stops tracking (it
+        # untracks exact tuples of untracked items only, not a NamedTuple): thousands of events
+        # per session would otherwise be walked by every full collection.
+        self._ring: deque[_Frozen] = deque()
         self._ring_events = ring_events
         self._ring_bytes = ring_bytes
         self._bytes = 0
@@ -323,7 +330,8 @@ class EventLog:
     @property
     def first_held_seq(self) -> int:
         """``seq`` of the oldest event the ring holds (``last_seq + 1`` when empty)."""
-        return self._ring[0].seq if self._ring and self._ring[0].seq else self._last_seq + 1
+        oldest = self._ring[0][0] if self._ring else None
+        return oldest if oldest is not None else self._last_seq + 1
 
     @property
     def ring_size(self) -> tuple[int, int]:
@@ -346,12 +354,12 @@ class EventLog:
         seq = self._last_seq
         payload = encode_event(data, seq=seq, session_id_json=self._session_id_json)
         record = Record.frame(seq, event_type_of(data), payload)
-        self._ring.append(record)
+        self._ring.append((seq, record.event_type, record.sse, record.ws))
         self._bytes += len(record.ws)
         while len(self._ring) > 1 and (
             len(self._ring) > self._ring_events or self._bytes > self._ring_bytes
         ):
-            self._bytes -= len(self._ring.popleft().ws)
+            self._bytes -= len(self._ring.popleft()[3])  # its ws frame
         if record.event_type == SESSION_END:
             self.closed = True
         now = time.monotonic()
@@ -386,7 +394,7 @@ class EventLog:
         first = self.first_held_seq
         start = 0 if since is None else since
         skip = min(len(self._ring), max(0, start - first + 1))
-        backlog = list(itertools.islice(self._ring, skip, None))
+        backlog = [Record._make(kept) for kept in itertools.islice(self._ring, skip, None)]
         if since is not None and since + 1 < first:
             gap = self._error(
                 "replay_gap",
