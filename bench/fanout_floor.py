@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import struct
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import raise_fd_limit  # noqa: E402
-from stt_gateway.eventlog import Record  # noqa: E402
 
 SESSION = "floor"
 _TEXT = "the quick brown fox jumps over the lazy dog"  # the instant engine's interim
@@ -54,11 +54,22 @@ class Floor:
             },
             separators=(",", ":"),
         ).encode()
-        record = Record.frame(self.seq, event_type, payload)
+        sse = b"id: %d\r\ndata: %b\r\n\r\n" % (self.seq, payload)
+        sse = b"%x\r\n%b\r\n" % (len(sse), sse)  # one HTTP/1.1 chunk
+        ws = _ws_text_frame(payload)
         for transport in self.sse:
-            transport.write(record.sse)
+            transport.write(sse)
         for transport in self.ws:
-            transport.write(record.ws)
+            transport.write(ws)
+
+
+def _ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked WebSocket text frame (RFC 6455 §5.2)."""
+    if len(payload) < 126:
+        return struct.pack("!BB", 0x81, len(payload)) + payload
+    if len(payload) < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, len(payload)) + payload
+    return struct.pack("!BBQ", 0x81, 127, len(payload)) + payload
 
 
 FLOOR = web.AppKey("floor", Floor)
