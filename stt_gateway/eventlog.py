@@ -1,9 +1,9 @@
 """A session's event log: ``seq`` assignment, a bounded replay ring, and fan-out.
 
 Each event is serialised once, at publish, into the two frames it travels in — the SSE chunk
-and the WebSocket text frame — and the same bytes go to every subscriber. A :class:`Record` is a
-tuple of a ``seq``, a type and those bytes, which the garbage collector stops tracking after its
-first collection: the ring and the queues hold no objects it has to walk.
+and the WebSocket text frame — and the same bytes go to every subscriber. A :class:`Record` is
+a ``seq``, a type and those bytes; the ring keeps each as a plain tuple, which the garbage
+collector stops tracking, so thousands of held events add nothing to its walks.
 
 Publishing never awaits. A subscriber whose connection gave its :class:`Sink` and whose writer is
 idle gets each live record written straight to its socket while the socket's send buffer is

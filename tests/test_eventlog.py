@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import pytest
@@ -151,3 +152,73 @@ def make_event_json() -> str:
     log = make_log()
     log.publish(SpeechStartData(timestamp=0.0))
     return log.subscribe()._backlog[0].json
+
+
+class _Socket:
+    """A sink with a send buffer that is full while ``full`` is set."""
+
+    def __init__(self) -> None:
+        self.written: list[int | None] = []
+        self.full = False
+
+    def write_now(self, record: Record) -> bool:
+        if self.full:
+            return False
+        self.written.append(record.seq)
+        return True
+
+
+async def test_a_keeping_up_subscriber_gets_records_through_its_sink_in_order_and_once() -> None:
+    log = make_log(queue_size=100)
+    publish(log, 2)  # replayed through the reader, never the sink
+    sub, socket = log.subscribe(), _Socket()
+    sub.attach(socket)
+    read: list[int | None] = []
+
+    async def reader() -> None:
+        async for record in sub:
+            read.append(record.seq)
+            await asyncio.sleep(0)  # a write that takes a moment
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.01)  # replay read, reader parked
+    publish(log, 3)  # 3, 4, 5 straight to the socket
+    socket.full = True
+    publish(log, 2)  # 6, 7 queued: the buffer is full
+    socket.full = False
+    publish(log, 1)  # 8 queued behind them although the socket has room again
+    await asyncio.sleep(0.01)
+    publish(log, 1)  # 9: the reader is parked again, so straight to the socket
+    log.publish(SessionEndData(reason="client_closed", audio_seconds=1.0))
+    await asyncio.wait_for(task, 1)
+    assert read == [1, 2, 6, 7, 8]
+    assert socket.written == [3, 4, 5, 9, 10]
+    assert log.subscriber_count == 0
+
+
+async def test_the_ring_holds_nothing_the_garbage_collector_walks() -> None:
+    log = make_log(ring_events=50)
+    publish(log, 100)
+    gc.collect()
+    assert not any(gc.is_tracked(kept) for kept in log._ring)
+
+
+@pytest.mark.parametrize(
+    ("size", "length_field"),
+    [
+        (10, b"\x0a"),
+        (125, b"\x7d"),
+        (126, b"\x7e\x00\x7e"),  # 126: a 16-bit length follows
+        (65_535, b"\x7e\xff\xff"),
+        (65_536, b"\x7f" + (65_536).to_bytes(8, "big")),  # 127: a 64-bit length follows
+    ],
+)
+def test_the_frames_carry_the_payload_as_rfc_6455_and_rfc_9112_say(
+    size: int, length_field: bytes
+) -> None:
+    payload = b"x" * size
+    record = Record.frame(7, "final", payload)
+    assert record.ws == b"\x81" + length_field + payload  # FIN + text, unmasked
+    event = b"id: 7\r\ndata: " + payload + b"\r\n\r\n"
+    assert record.sse == f"{len(event):x}\r\n".encode() + event + b"\r\n"  # one chunk
+    assert record.payload == payload

@@ -5,6 +5,11 @@ Each event is ``id: <seq>`` + ``data: <json>`` with no ``event:`` line, so a bro
 ``EventSource`` sends by itself on reconnect) or ``?last_event_id=``. While idle, a ``heartbeat``
 event (no ``id``) goes out every ``heartbeat_s``. The stream ends after ``session_end``; a
 reconnect after that gets ``204``, which stops a browser's automatic reconnects.
+
+aiohttp-sse's ``EventSourceResponse`` sets the stream up (headers, chunked body, its ``: ping``
+comments, ``TCP_USER_TIMEOUT``); the events themselves are the SSE chunks the event log framed
+once at publish, in aiohttp-sse's line format, shared by every subscriber
+(:mod:`~stt_gateway.transports.delivery`).
 """
 
 from __future__ import annotations
