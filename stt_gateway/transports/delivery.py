@@ -97,14 +97,10 @@ class FrameSink:
             ConnectionResetError: the connection is closing or closed.
             TimeoutError: the peer read nothing for ``stall_s``; the connection is aborted.
         """
-        await self.send_bytes(self._frame(record))
-
-    async def send_bytes(self, data: bytes) -> None:
-        """Write one whole frame (see :meth:`send`)."""
         transport = self._transport
         if transport.is_closing() or self._closed():
             raise ConnectionResetError("the subscriber's connection is closing")
-        transport.write(data)
+        transport.write(self._frame(record))
         if transport.get_write_buffer_size() > self._high:
             try:
                 async with asyncio.timeout(self._stall_s):

@@ -83,7 +83,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     bound_send_buffer(request, settings.subscriber_send_buffer)
     try:
         stream = await ws.prepare(request)
-        if sub is not None:
+        if sub is None:
+            out = _close_when_ended(ws, session)
+        else:
             sink = FrameSink.of(
                 request,
                 stream,
@@ -93,14 +95,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 closed=lambda: ws.closed,
             )
             sub.attach(sink)
+            out = _send_events(ws, sub, sink)
     except BaseException:
         if sub is not None:
             sub.close()
         raise
-    writer = asyncio.create_task(
-        _send_events(ws, sub, sink) if sub is not None else _close_when_ended(ws, session),
-        name=f"ws-out-{session.id}",
-    )
+    writer = asyncio.create_task(out, name=f"ws-out-{session.id}")
     metrics = request.app[METRICS]
     connected = metrics.subscribers.labels("ws")
     if sub is not None:  # an audio-only socket is no subscriber
