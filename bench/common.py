@@ -83,9 +83,21 @@ def start_gateway(
     Raises:
         RuntimeError: it did not come up within 30 s.
     """
-    args = [sys.executable, str(ROOT / "bench" / "gateway.py"), "--port", str(port)]
-    args += ["--engine", engine, "--gc", gc] + (["--uvloop"] if uvloop else [])
-    proc = subprocess.Popen(args, env=os.environ | {"STT_GATEWAY_LOG_LEVEL": "WARNING"} | env)
+    flags = ["--engine", engine, "--gc", gc] + (["--uvloop"] if uvloop else [])
+    return start_server("gateway.py", port, flags, env | {"STT_GATEWAY_LOG_LEVEL": "WARNING"})
+
+
+def start_server(
+    script: str, port: int, flags: list[str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``bench/<script> --port <port> <flags>`` with ``env`` added to this process's
+    environment; returns once it answers ``/health`` on ``127.0.0.1:port``.
+
+    Raises:
+        RuntimeError: it did not come up within 30 s.
+    """
+    args = [sys.executable, str(ROOT / "bench" / script), "--port", str(port), *(flags or [])]
+    proc = subprocess.Popen(args, env=os.environ | (env or {}))
     try:
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/health"))
     except RuntimeError:

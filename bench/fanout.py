@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import re
 import resource
-import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -46,7 +45,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_s, free_port, raise_fd_limit, rss_mb, start_gateway, stop, wait_up  # noqa: E402
+from bench.common import (  # noqa: E402
+    cpu_s,
+    free_port,
+    raise_fd_limit,
+    rss_mb,
+    start_gateway,
+    start_server,
+    stop,
+)
 
 RATE = 16_000
 CONNECT_TIMEOUT_S = 120.0
@@ -275,19 +282,6 @@ async def _stage(
     }
 
 
-def _start_floor(port: int) -> subprocess.Popen[bytes]:
-    """Start ``bench/fanout_floor.py`` on ``port``; returns once it answers ``/health``."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fanout_floor.py"), "--port", str(port)]
-    )
-    try:
-        asyncio.run(wait_up(f"http://127.0.0.1:{port}/health"))
-    except RuntimeError:
-        proc.kill()
-        raise
-    return proc
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", default="10,100,1000,10000", help="comma-separated")
@@ -314,7 +308,7 @@ def main() -> None:
             for path in ("floor", "gateway"):
                 port = free_port()
                 if path == "floor":
-                    server = _start_floor(port)
+                    server = start_server("fanout_floor.py", port)
                 else:
                     env = {
                         "STT_GATEWAY_ENGINE_PROCESSES": "1",

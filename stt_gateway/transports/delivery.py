@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from ..eventlog import Record
+from ..settings import Settings
 
 SSE_FRAME: Callable[[Record], bytes] = operator.attrgetter("sse")
 """A record as an SSE event in one HTTP/1.1 chunk."""
@@ -46,12 +47,11 @@ class FrameSink:
         request: web.BaseRequest,
         writer: AbstractStreamWriter | None,
         frame: Callable[[Record], bytes],
-        *,
-        high: int,
-        stall_s: float,
+        settings: Settings,
         closed: Callable[[], bool] = lambda: False,
     ) -> FrameSink:
-        """The sink of a prepared response (``writer``: what ``prepare`` returned).
+        """The sink of a prepared response (``writer``: what ``prepare`` returned), bounded by
+        ``subscriber_send_buffer`` and ``subscriber_stall_s``.
 
         Raises:
             ConnectionResetError: the peer is already gone.
@@ -59,7 +59,14 @@ class FrameSink:
         transport = request.transport
         if writer is None or transport is None:
             raise ConnectionResetError("the subscriber's connection is gone")
-        return cls(transport, writer, frame, high=high, stall_s=stall_s, closed=closed)
+        return cls(
+            transport,
+            writer,
+            frame,
+            high=settings.subscriber_send_buffer,
+            stall_s=settings.subscriber_stall_s,
+            closed=closed,
+        )
 
     def __init__(
         self,

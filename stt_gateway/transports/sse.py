@@ -53,13 +53,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # A block with only `retry:` sets the browser's reconnect delay (WHATWG HTML §9.2);
         # written through aiohttp, it also sends the headers and starts the chunked body.
         await resp.write(f"retry: {settings.sse_retry_ms}\r\n\r\n".encode())
-        sink = FrameSink.of(
-            request,
-            writer,
-            SSE_FRAME,
-            high=settings.subscriber_send_buffer,
-            stall_s=settings.subscriber_stall_s,
-        )
+        sink = FrameSink.of(request, writer, SSE_FRAME, settings)
         sub.attach(sink)
         while True:
             try:

@@ -86,14 +86,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if sub is None:
             out = _close_when_ended(ws, session)
         else:
-            sink = FrameSink.of(
-                request,
-                stream,
-                WS_FRAME,
-                high=settings.subscriber_send_buffer,
-                stall_s=settings.subscriber_stall_s,
-                closed=lambda: ws.closed,
-            )
+            sink = FrameSink.of(request, stream, WS_FRAME, settings, closed=lambda: ws.closed)
             sub.attach(sink)
             out = _send_events(ws, sub, sink)
     except BaseException:
