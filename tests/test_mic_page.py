@@ -307,7 +307,10 @@ async def test_mic_page_with_auth_asks_for_a_key_once_and_shares_a_read_only_fol
     stranger = await (await launch()).new_page()
     await stranger.goto(follow_url.split("#", 1)[0])  # the link without its token
 
-    await page.wait_for_timeout(int((len(c.pcm) / 32_000 + 1.5) * 1000))
+    # The clock starts at the first interim, not at the click: on a loaded machine the fake
+    # microphone starts late, and a fixed wait from the click cut the clip short (WER 0.58).
+    await page.wait_for_function("document.querySelector('#interim').textContent.length > 0")
+    await page.wait_for_timeout(int((len(c.pcm) / 32_000 + 1.0) * 1000))
     await page.click("#stop")
     await ended(page)
     await ended(follower)
