@@ -10,6 +10,7 @@ from aiohttp import web
 from swagger_ui import api_doc
 
 from .auth import Authenticator
+from .cluster import Cluster
 from .engines.base import EngineProvider
 from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
@@ -24,6 +25,7 @@ from .transports.common import AUTH, METRICS, REGISTRY, SETTINGS, WORKERS, error
 from .transports.cors import allow_cross_origin
 from .transports.guard import open_mode_guard
 from .transports.listen import deepgram_errors
+from .transports.remote import owner_client
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,9 @@ def create_app(
         yield
         gc.set_threshold(*thresholds)
         gc.unfreeze()  # an app in a longer-lived process (tests) gives its objects back
+        if registry.cluster is not None:
+            await registry.cluster.close()
+            registry.cluster = None
         for provider in engines.values():
             await provider.close()
         await workers.close()
@@ -134,4 +139,31 @@ def create_app(
 
     app.on_shutdown.append(close_sessions)
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(owner_client)
     return app
+
+
+async def start_cluster(app: web.Application, node_url: str) -> None:
+    """Join the processes sharing ``settings.redis_url`` (nothing without it): call once the
+    app is serving, with the URL other processes reach this one at (``settings.node_url``
+    wins). Sessions created before this are not shared.
+
+    Raises:
+        redis.exceptions.RedisError: Redis cannot be reached.
+    """
+    settings = app[SETTINGS]
+    if settings.redis_url is None:
+        return
+    registry = app[REGISTRY]
+    cluster = Cluster(
+        settings.redis_url.get_secret_value(),
+        registry.limits,
+        retention_s=settings.retention_s,
+        lease_s=settings.lease_s,
+    )
+    try:
+        await cluster.start(settings.node_url or node_url)
+    except BaseException:
+        await cluster.close()
+        raise
+    registry.cluster = cluster

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 from pathlib import Path
 
 from aiohttp import web
 from pydantic import ValidationError
+from yarl import URL
 
 from . import __version__
-from .app import create_app
+from .app import create_app, start_cluster
 from .auth import SCOPES
 from .client import follow_session, mint_token, stream_file
 from .settings import Settings
@@ -42,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="serve a non-loopback address without API keys (protected mode refuses otherwise)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port (SO_REUSEPORT); more than 1 needs "
+        "STT_GATEWAY_REDIS_URL (default 1)",
     )
     serve.add_argument(
         "--default-engine",
@@ -186,18 +196,99 @@ def serve(args: argparse.Namespace) -> None:
     if (refusal := settings.protected_mode_refusal()) is not None:
         print(f"stt-gateway: {refusal}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    if settings.workers > 1:
+        sys.exit(_run_workers(settings))
+    _configure_logging(settings)
     logging.getLogger("stt_gateway").info("%s", auth_mode(settings))
-    # No access log below DEBUG: audio POSTs would make it a per-chunk log.
-    debug = settings.log_level.upper() == "DEBUG"
-    access_log = logging.getLogger("aiohttp.access") if debug else None
+    if settings.redis_url is not None:
+        asyncio.run(serve_shared(settings, reuse_port=False))
+        return
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        access_log=access_log,
+        access_log=_access_log(settings),
         print=lambda msg: logging.getLogger("stt_gateway").info("%s", msg),
     )
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _access_log(settings: Settings) -> logging.Logger | None:
+    # No access log below DEBUG: audio POSTs would make it a per-chunk log.
+    debug = settings.log_level.upper() == "DEBUG"
+    return logging.getLogger("aiohttp.access") if debug else None
+
+
+async def serve_shared(settings: Settings, reuse_port: bool) -> None:
+    """Serve as one of the processes sharing sessions on ``settings.redis_url``, until
+    SIGINT or SIGTERM.
+
+    Besides the public address (shared with the other workers when ``reuse_port``), the
+    process listens on a port of its own (``node_url``; default: a free port on ``host``, as
+    ``http://127.0.0.1:<port>`` on a loopback or wildcard host): the address other processes
+    pass this one's sessions' audio to, which must reach this process and no other.
+
+    Raises:
+        OSError: an address cannot be bound; redis.exceptions.RedisError: Redis cannot be
+            reached at start.
+    """
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=_access_log(settings), handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
+        own = URL(settings.node_url) if settings.node_url else None
+        private = web.TCPSite(runner, settings.host, own.port if own else 0)
+        await private.start()
+        port = private._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        node_url = settings.node_url or f"http://{host}:{port}"
+        await start_cluster(app, node_url)
+        logging.getLogger("stt_gateway").info(
+            "serving on http://%s:%d (this process: %s)", settings.host, settings.port, node_url
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _worker(settings: Settings) -> None:
+    """One of ``--workers`` processes (spawned)."""
+    _configure_logging(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_shared(settings, reuse_port=True))
+
+
+def _run_workers(settings: Settings) -> int:
+    """Run ``settings.workers`` processes on one port; until SIGINT or SIGTERM, which each
+    gets too. Returns the exit status (1 if a worker failed)."""
+    _configure_logging(settings)
+    logging.getLogger("stt_gateway").info(
+        "%s; %d worker processes", auth_mode(settings), settings.workers
+    )
+    spawn = multiprocessing.get_context("spawn")
+    one = settings.model_copy(update={"workers": 1})
+    workers = [spawn.Process(target=_worker, args=(one,)) for _ in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    return 0 if all(w.exitcode == 0 for w in workers) else 1

@@ -8,6 +8,9 @@
     ├── ProducerConflict         producer_conflict    409    error event (to the sender)
     ├── TooManySessions          too_many_sessions    503    — (with Retry-After)
     ├── TooManySubscribers       too_many_subscribers 503    (answered before SSE / upgrade)
+    ├── StoreUnavailable         store_unavailable    503    (the shared Redis cannot be reached)
+    ├── OwnerUnreachable         owner_unreachable    502    (the session's process cannot be
+    │                                                        reached to take its audio)
     ├── AudioLeadExceeded        audio_lead_exceeded  429    — (a socket is not read instead)
     ├── InvalidResumeId          invalid_resume_id    400    (handshake answers 400)
     ├── Unauthorized             unauthorized         401    (handshake answers 401)
@@ -124,6 +127,23 @@ class TooManySubscribers(GatewayError):
     code = "too_many_subscribers"
     status = 503
     retry_after_s = 5.0
+
+
+class StoreUnavailable(GatewayError):
+    """The shared store (``STT_GATEWAY_REDIS_URL``) cannot be reached, so a session of
+    another process cannot be found, or a new one could not be shared."""
+
+    code = "store_unavailable"
+    status = 503
+    retry_after_s = 2.0
+
+
+class OwnerUnreachable(GatewayError):
+    """The gateway process that owns the session (holds its engine) did not answer when this
+    one passed it the session's audio or control."""
+
+    code = "owner_unreachable"
+    status = 502
 
 
 class AudioLeadExceeded(GatewayError):

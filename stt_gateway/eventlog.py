@@ -28,7 +28,7 @@ import json
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .errors import TooManySubscribers
@@ -319,8 +319,15 @@ class EventLog:
         # a snapshot (a subscriber may leave during it) without copying the set every event.
         self._fanout: tuple[Subscription, ...] | None = ()
         self._last_seq = 0
+        self._mirror: Callable[[Record], None] | None = None
         self.closed = False
         """True once ``session_end`` is published."""
+
+    def mirror_to(self, mirror: Callable[[Record], None]) -> None:
+        """Hand every record published from now on to ``mirror`` too, in order, as it is
+        stored (a shared store that other processes read: ``cluster.py``). ``mirror`` must
+        not block."""
+        self._mirror = mirror
 
     @property
     def last_seq(self) -> int:
@@ -350,10 +357,47 @@ class EventLog:
         """
         if self.closed:
             raise RuntimeError(f"event log of session {self.session_id} is closed")
-        self._last_seq += 1
-        seq = self._last_seq
+        seq = self._last_seq + 1
         payload = encode_event(data, seq=seq, session_id_json=self._session_id_json)
         record = Record.frame(seq, event_type_of(data), payload)
+        self._deliver(record)
+        if self._mirror is not None:
+            self._mirror(record)
+        if self._observer is not None:
+            code = data.code if isinstance(data, ErrorData) else None
+            self._observer.published(record.event_type, code)
+        return record
+
+    def append(self, record: Record) -> None:
+        """Store and fan out a record numbered elsewhere: this log is a replica of a session
+        another process owns (``cluster.py``). Records arrive in ``seq`` order; one that skips
+        seqs (the shared store lost them) first gives every subscriber a ``replay_gap`` error
+        naming them, so nothing is lost silently. Records at or below ``last_seq`` and records
+        after ``session_end`` are ignored (a re-read after a reconnect).
+        """
+        assert record.seq is not None
+        if self.closed or record.seq <= self._last_seq:
+            return
+        if self._last_seq and record.seq > self._last_seq + 1:
+            gap = self._error(
+                "replay_gap",
+                f"events {self._last_seq + 1}–{record.seq - 1} were lost by the shared event "
+                f"store (Redis); the stream goes on at {record.seq} (every final is in "
+                f"GET /sessions/{self.session_id}/transcript)",
+            )
+            for sub in tuple(self._subscribers):
+                if not sub._offer(gap, time.monotonic()):
+                    self._drop_slow(sub)
+        self._deliver(record)
+
+    def held(self) -> list[Record]:
+        """Every record the ring holds, oldest first."""
+        return [Record._make(kept) for kept in self._ring]
+
+    def _deliver(self, record: Record) -> None:
+        """Store ``record`` (the next seq) in the ring and offer it to every subscriber."""
+        assert record.seq is not None
+        seq = self._last_seq = record.seq
         self._ring.append((seq, record.event_type, record.sse, record.ws))
         self._bytes += len(record.ws)
         while len(self._ring) > 1 and (
@@ -372,10 +416,6 @@ class EventLog:
                 self._drop_slow(sub)
             elif sub.coalesced != coalesced and self._observer is not None:
                 self._observer.dropped("coalesced")
-        if self._observer is not None:
-            code = data.code if isinstance(data, ErrorData) else None
-            self._observer.published(record.event_type, code)
-        return record
 
     def subscribe(self, since: int | None = None) -> Subscription:
         """A subscription to every event after ``since`` that the ring still holds, then live.

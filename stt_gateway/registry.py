@@ -9,6 +9,9 @@ import uuid
 from collections import deque
 from functools import partial
 
+from redis.exceptions import RedisError
+
+from .cluster import Cluster
 from .engines.base import Engine, EngineProvider
 from .engines.fallback import FallbackEngine
 from .engines.multichannel import MultichannelEngine
@@ -17,6 +20,7 @@ from .errors import (
     InvalidConfig,
     RateLimited,
     SessionNotFound,
+    StoreUnavailable,
     TooManySessions,
 )
 from .metrics import GatewayMetrics
@@ -50,6 +54,8 @@ class SessionRegistry:
         self._settings = settings
         self.providers = providers
         self._metrics = metrics
+        self.cluster: Cluster | None = None
+        """The processes sharing sessions on Redis (``redis_url``), once started."""
         self._sessions: dict[str, Session] = {}
         self.removed_audio_seconds: dict[str, float] = {}
         """Audio seconds of sessions already removed, by engine (metrics are counters)."""
@@ -77,6 +83,11 @@ class SessionRegistry:
             queue_size=s.subscriber_queue,
             max_lag_s=s.subscriber_max_lag_s,
         )
+
+    @property
+    def limits(self) -> SessionLimits:
+        """What each session of this process may hold and how long it waits."""
+        return self._limits
 
     def resolve(self, config: SessionConfig) -> tuple[EngineProvider, SessionConfig]:
         """The provider for ``config.engine`` and the config with its defaults filled in.
@@ -192,9 +203,13 @@ class SessionRegistry:
         )
         self._live += 1
         try:
+            if self.cluster is not None:
+                await self._share(session, self.cluster)
             await session.start()
         except BaseException:
             self._live -= 1
+            if self.cluster is not None:
+                await self.cluster.forget(session.id)
             raise
         self._sessions[session.id] = session
         if owner is not None:
@@ -209,6 +224,20 @@ class SessionRegistry:
             resolved.sample_rate,
         )
         return session
+
+    async def _share(self, session: Session, cluster: Cluster) -> None:
+        """Make ``session`` readable on every process (before its first event).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached; the session is not created.
+        """
+        try:
+            await cluster.own(session)
+        except RedisError as exc:
+            raise StoreUnavailable(
+                f"the shared session store (Redis) cannot be reached ({exc}); the session "
+                f"was not created, try again shortly"
+            ) from None
 
     def get(self, session_id: str) -> Session:
         """The session with this id.

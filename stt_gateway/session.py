@@ -594,6 +594,19 @@ class Session:
         """Events after ``since`` (see :meth:`EventLog.subscribe`), then live ones."""
         return self._log.subscribe(since)
 
+    def replicate(self, mirror: Callable[[Record], None]) -> None:
+        """Hand every event published from now on to ``mirror`` too (see
+        :meth:`EventLog.mirror_to`)."""
+        self._log.mirror_to(mirror)
+
+    def held_records(self) -> list[Record]:
+        """The events held for replay, oldest first."""
+        return self._log.held()
+
+    def final_records(self) -> list[Record]:
+        """Every final's event as published, in order (the whole transcript)."""
+        return [f.record for f in self._finals]
+
     def finals(self) -> list[FinalData]:
         """Every final so far, in order, with its words (parsed from the events as sent)."""
         return [_FINAL_EVENT.validate_json(f.record.payload).data for f in self._finals]

@@ -92,6 +92,29 @@ class Settings(BaseSettings):
         "(beyond one warm each) before freeing its memory",
     )
 
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis:// URL of the Redis shared by several gateway processes (sessions "
+        "and their events readable on every process); unset: one process, all in memory",
+    )
+    node_url: str | None = Field(
+        None,
+        description="with redis_url: the base URL other gateway processes reach this one at "
+        "to pass it a session's audio; unset: http://127.0.0.1:<its own private port>",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="gateway processes sharing the port (SO_REUSEPORT), so one machine uses "
+        "all its cores; more than 1 needs redis_url (the processes share sessions there)",
+    )
+    lease_s: float = Field(
+        5.0,
+        gt=0,
+        description="with redis_url: a process that has not renewed its lease this long is "
+        "gone; another ends its sessions (session_end reason node_lost)",
+    )
+
     replay_events: int = Field(
         10_000, ge=1, description="events kept per session for resume (Last-Event-ID / since)"
     )
@@ -350,7 +373,14 @@ class Settings(BaseSettings):
 
     def protected_mode_refusal(self) -> str | None:
         """Why the gateway must not start as configured (``docs/api.md`` v2: no key, a
-        non-loopback address, no ``--no-auth``), or None."""
+        non-loopback address, no ``--no-auth``; or ``workers`` it cannot run), or None."""
+        if self.workers > 1 and self.redis_url is None:
+            return (
+                f"--workers {self.workers} needs STT_GATEWAY_REDIS_URL: a client's requests "
+                f"land on any of the processes, which find each other's sessions in Redis"
+            )
+        if self.workers > 1 and self.port == 0:
+            return "--workers needs a fixed --port: the processes share one"
         if self.api_keys or self.no_auth or self.loopback_bound:
             return None
         return (

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +27,8 @@ from stt_gateway.events import FinalData
 from stt_gateway.models import SessionConfig
 from stt_gateway.settings import Settings
 from tests.audio_files import Clip
+from tests.gateway_process import GatewayProcess
+from tests.redis_server import RedisServer
 
 ServerFactory = Callable[..., Coroutine[Any, Any, TestServer]]
 StartGateway = Callable[..., Coroutine[Any, Any, "Gateway"]]
@@ -95,3 +99,29 @@ def direct_whisper_finals(clip: Clip, **overrides: Any) -> list[FinalData]:
         16_000, DEFAULT_ENDPOINTING_MS, True, settings.whisper_early_pass_ms
     ).build()
     return finals_in_process(recognizer.process(clip.pcm) + recognizer.close(), whisper)
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own on a free loopback port."""
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def start_process(
+    redis_server: RedisServer,
+) -> AsyncIterator[Callable[..., Coroutine[Any, Any, GatewayProcess]]]:
+    """Start gateway processes sharing ``redis_server``; each stopped (SIGTERM) at the end."""
+    started: list[GatewayProcess] = []
+
+    async def start(**settings: object) -> GatewayProcess:
+        process = GatewayProcess(redis_server.url, **settings)
+        started.append(process)
+        await process.start()
+        return process
+
+    yield start
+    await asyncio.gather(*(p.stop() for p in started))

@@ -7,12 +7,14 @@ import contextlib
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to ``target_port``; :meth:`cut` aborts every open
-    connection (both sides), new ones keep working. ``requests`` holds each client
-    connection's first bytes (its HTTP request head)."""
+    """Forwards 127.0.0.1:<port> to ``target_port`` (several: each new connection to the next
+    in turn, as a round-robin load balancer); :meth:`cut` aborts every open connection (both
+    sides), new ones keep working. ``requests`` holds each client connection's first bytes
+    (its HTTP request head)."""
 
-    def __init__(self, target_port: int) -> None:
-        self._target = target_port
+    def __init__(self, target_port: int | list[int]) -> None:
+        self._targets = target_port if isinstance(target_port, list) else [target_port]
+        self._connections = 0
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._server: asyncio.Server | None = None
         self.requests: list[bytes] = []
@@ -23,7 +25,9 @@ class CuttableProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        target = self._targets[self._connections % len(self._targets)]
+        self._connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
         pair = (writer, up_writer)
         self._pairs.add(pair)
         first = True

@@ -10,8 +10,15 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..auth import OPEN, Authenticator, Principal, Scope
+from ..cluster import Cluster
 from ..engines.workers import WorkerPool
-from ..errors import BadRequestBody, ChunkTooLarge, GatewayError, InvalidResumeId
+from ..errors import (
+    BadRequestBody,
+    ChunkTooLarge,
+    GatewayError,
+    InvalidResumeId,
+    SessionNotFound,
+)
 from ..metrics import GatewayMetrics
 from ..registry import SessionRegistry
 from ..session import Session
@@ -108,6 +115,33 @@ def session_of(request: web.Request, *scopes: Scope) -> Session:
     session_id = request.match_info["id"]
     caller(request).require_any(scopes, session_id)
     return request.app[REGISTRY].get(session_id)
+
+
+def local_session(request: web.Request, *scopes: Scope) -> Session | None:
+    """As :func:`session_of`, for a route that also serves sessions of other processes: the
+    session if this process holds it; ``None`` if not, but other processes share sessions
+    with this one (:func:`cluster_of`) and one may.
+
+    Raises:
+        Forbidden: as :func:`session_of`.
+        SessionNotFound: this process has no such session and shares none (no Redis).
+    """
+    session_id = request.match_info["id"]
+    caller(request).require_any(scopes, session_id)
+    registry = request.app[REGISTRY]
+    try:
+        return registry.get(session_id)
+    except SessionNotFound:
+        if registry.cluster is None:
+            raise
+        return None
+
+
+def cluster_of(request: web.Request) -> Cluster:
+    """The processes this one shares sessions with (after :func:`local_session` gave ``None``)."""
+    cluster = request.app[REGISTRY].cluster
+    assert cluster is not None
+    return cluster
 
 
 def caller(request: web.Request) -> Principal:

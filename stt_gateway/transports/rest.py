@@ -28,10 +28,12 @@ from .common import (
     REGISTRY,
     SETTINGS,
     caller,
+    cluster_of,
+    local_session,
     model_response,
-    session_of,
     validation_message,
 )
+from .remote import forward, from_store
 
 routes = web.RouteTableDef()
 
@@ -104,13 +106,22 @@ async def create_token(request: web.Request) -> web.Response:
 @routes.get("/sessions/{id}")
 async def get_session(request: web.Request) -> web.Response:
     """``GET /sessions/{id}`` → :class:`~stt_gateway.models.SessionInfo`; 404."""
-    return model_response(session_of(request, "session:read").info())
+    session = local_session(request, "session:read")
+    if session is None:
+        return model_response(await from_store(cluster_of(request).info(request.match_info["id"])))
+    return model_response(session.info())
 
 
 @routes.delete("/sessions/{id}")
 async def delete_session(request: web.Request) -> web.Response:
     """``DELETE /sessions/{id}``: flush, last finals, ``session_end``; idempotent; 404."""
-    session = session_of(request, "session:publish")
+    session = local_session(request, "session:publish")
+    if session is None:
+        cluster, session_id = cluster_of(request), request.match_info["id"]
+        if (await from_store(cluster.record(session_id))).state != "closed":
+            return await forward(request, cluster, b"")
+        text = (await from_store(cluster.transcript(session_id))).text
+        return model_response(SessionClosedBody(session_id=session_id, transcript=text))
     transcript = await session.close()
     return model_response(SessionClosedBody(session_id=session.id, transcript=transcript.text))
 
@@ -118,7 +129,11 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.get("/sessions/{id}/transcript")
 async def get_transcript(request: web.Request) -> web.Response:
     """``GET /sessions/{id}/transcript`` → every final so far; 404."""
-    return model_response(session_of(request, "session:read").transcript())
+    session = local_session(request, "session:read")
+    if session is None:
+        cluster = cluster_of(request)
+        return model_response(await from_store(cluster.transcript(request.match_info["id"])))
+    return model_response(session.transcript())
 
 
 @routes.post("/sessions/{id}/audio")
@@ -133,7 +148,7 @@ async def post_audio(request: web.Request) -> web.Response:
     content types or ``unsupported_media_type`` (bytes that are no audio decoded here), 429
     the engine is ``max_audio_lead_s`` behind (with ``Retry-After``).
     """
-    session = session_of(request, "session:publish")
+    session = local_session(request, "session:publish")
     limit = request.app[SETTINGS].max_chunk_bytes
     ctype = request.content_type
     if ctype == "application/json":
@@ -152,6 +167,8 @@ async def post_audio(request: web.Request) -> web.Response:
             f"{limit} bytes"
         )
     raw = await request.read()
+    if session is None:
+        return await forward(request, cluster_of(request), raw)
     if ctype == "application/json":
         try:
             body = AudioBody.model_validate_json(raw)

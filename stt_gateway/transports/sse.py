@@ -17,10 +17,20 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
+from ..cluster import Replica
 from ..eventlog import Record
 from ..events import HeartbeatData, make_event
-from .common import METRICS, SETTINGS, bound_send_buffer, resume_id_param, session_of
+from ..session import Session
+from .common import (
+    METRICS,
+    SETTINGS,
+    bound_send_buffer,
+    cluster_of,
+    local_session,
+    resume_id_param,
+)
 from .delivery import SSE_FRAME, FrameSink
+from .remote import replica
 
 routes = web.RouteTableDef()
 
@@ -28,7 +38,10 @@ routes = web.RouteTableDef()
 @routes.get("/sessions/{id}/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
     """Stream the session's events; 404 unknown session, 400 ``invalid_resume_id``."""
-    session = session_of(request, "session:read")
+    local = local_session(request, "session:read")
+    session: Session | Replica = (
+        local if local is not None else await replica(cluster_of(request), request.match_info["id"])
+    )
     settings = request.app[SETTINGS]
     since = resume_id_param(
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id"),

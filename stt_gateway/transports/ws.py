@@ -25,6 +25,8 @@ import contextlib
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..auth import Scope
+from ..cluster import Replica
 from ..errors import BadControlMessage, BadRequestBody, Forbidden, GatewayError
 from ..eventlog import Subscription
 from ..events import ErrorData, make_event
@@ -37,12 +39,14 @@ from .common import (
     bool_param,
     bound_send_buffer,
     caller,
+    cluster_of,
+    local_session,
     resume_id_param,
-    session_of,
     validation_message,
 )
 from .delivery import WS_FRAME, FrameSink
 from .frames import read_frames
+from .remote import RemoteFront, replica
 
 routes = web.RouteTableDef()
 
@@ -58,11 +62,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ``forbidden`` for each audio or control frame (to it alone; they count as bad frames).
     """
     events = bool_param(request.query.get("events"), "events", default=True)
-    if events:
-        session = session_of(request, "session:publish", "session:read")
-    else:
-        session = session_of(request, "session:publish")
-    may_publish = caller(request).allows("session:publish", session.id)
+    scopes: tuple[Scope, ...] = (
+        ("session:publish", "session:read") if events else ("session:publish",)
+    )
+    local = local_session(request, *scopes)
+    may_publish = caller(request).allows("session:publish", request.match_info["id"])
     settings = request.app[SETTINGS]
     since = resume_id_param(request.query.get("since"), "since")
     if not events and since is not None:
@@ -78,13 +82,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # ~300 KB of zlib state per connection for events of a few hundred bytes).
         compress=False,
     )
+    front: _Front | RemoteFront
+    if local is not None:
+        session: Session | Replica = local
+        front = _Front(local, ws, may_publish)
+    else:
+        cluster = cluster_of(request)
+        session = await replica(cluster, request.match_info["id"])
+        front = RemoteFront(request, cluster, ws, may_publish)
+        if not events:
+            await front.open()  # before the upgrade: 502 owner_unreachable is an HTTP answer
     # Subscribed before the upgrade: 503 too_many_subscribers is an HTTP answer.
     sub = session.subscribe(since) if events else None
     bound_send_buffer(request, settings.subscriber_send_buffer)
     try:
         stream = await ws.prepare(request)
         if sub is None:
-            out = _close_when_ended(ws, session)
+            out = _close_when_ended(ws, front)
         else:
             sink = FrameSink.of(request, stream, WS_FRAME, settings, closed=lambda: ws.closed)
             sub.attach(sink)
@@ -99,14 +113,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if sub is not None:  # an audio-only socket is no subscriber
         connected.inc()
     try:
-        await read_frames(
-            ws,
-            _Front(session, ws, may_publish),
-            max_bad_frames=settings.ws_max_bad_frames,
-            metrics=metrics,
-        )
+        await read_frames(ws, front, max_bad_frames=settings.ws_max_bad_frames, metrics=metrics)
     finally:
-        await session.release_producer(ws)
+        await front.close()
         if sub is not None:
             connected.dec()
             sub.close()
@@ -124,6 +133,14 @@ class _Front:
         self._session = session
         self._ws = ws
         self._may_publish = may_publish
+
+    async def wait_closed(self) -> None:
+        """Until the session has ended."""
+        await self._session.wait_ended()
+
+    async def close(self) -> None:
+        """The socket closed: give up the session's audio if it held it."""
+        await self._session.release_producer(self._ws)
 
     def _check_may_publish(self) -> None:
         if not self._may_publish:
@@ -166,8 +183,9 @@ async def _control(session: Session, text: str, producer: object) -> None:
         await session.close()
 
 
-async def _close_when_ended(ws: web.WebSocketResponse, session: Session) -> None:
-    await session.wait_ended()
+async def _close_when_ended(ws: web.WebSocketResponse, front: _Front | RemoteFront) -> None:
+    """An audio-only socket: close it when its session ends."""
+    await front.wait_closed()
     with contextlib.suppress(ConnectionError):
         await ws.close(message=b"session ended")
 

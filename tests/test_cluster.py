@@ -1,0 +1,210 @@
+"""Several gateway processes sharing sessions on one Redis (``STT_GATEWAY_REDIS_URL``): each
+process a real ``stt-gateway serve`` on loopback, with real speech from ``../shared/audio``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+
+from tests.audio_files import clip
+from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames, paced
+from tests.gateway_process import GatewayProcess
+from tests.redis_server import RedisServer
+
+StartProcess = Callable[..., Coroutine[Any, Any, GatewayProcess]]
+SPEED = 4.0  # times real time
+
+
+async def stream_ws(
+    http: aiohttp.ClientSession, base: str, session_id: str, pcm: bytes, speed: float = SPEED
+) -> Received:
+    """Send ``pcm`` over an audio WebSocket (20 ms frames), then close the session; the
+    events that socket got."""
+    got = Received()
+    async with http.ws_connect(f"{base}/sessions/{session_id}/ws") as ws:
+        reader = asyncio.create_task(follow_ws(ws, got))
+        async for frame in paced(frames(pcm, 16_000), 0.02, speed):
+            await ws.send_bytes(frame)
+        await ws.send_str(json.dumps({"type": "close"}))
+        await reader
+    return got
+
+
+async def test_subscribers_on_another_process_get_the_owners_events_whole_in_order(
+    start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    a, b = await asyncio.gather(start_process(), start_process())
+    c = clip("librivox-sns-0870")
+    session_id = (await create_session(http, a.base))["session_id"]
+    on_a, on_b, ws_b = Received(), Received(), Received()
+    followers = [
+        asyncio.create_task(follow_sse(http, f"{a.base}/sessions/{session_id}/stream", on_a)),
+        asyncio.create_task(follow_sse(http, f"{b.base}/sessions/{session_id}/stream", on_b)),
+    ]
+    async with http.ws_connect(f"{b.base}/sessions/{session_id}/ws") as ws:
+        followers.append(asyncio.create_task(follow_ws(ws, ws_b)))
+        producer = await stream_ws(http, a.base, session_id, c.pcm)
+        await asyncio.gather(*followers)
+    assert on_a.of_type("final"), "no final: the clip is speech"
+    assert on_a.seqs == list(range(1, len(on_a.seqs) + 1))
+    assert on_b.logged == on_a.logged  # the same events, to the timestamp, in the same order
+    assert ws_b.logged == on_a.logged
+    assert producer.logged == on_a.logged
+    async with http.get(f"{b.base}/sessions/{session_id}/transcript") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["text"] == on_a.finals_text()
+    async with http.get(f"{b.base}/sessions/{session_id}") as resp:
+        info = await resp.json()
+        assert (info["state"], info["last_seq"]) == ("closed", on_a.seqs[-1])
+
+
+async def test_audio_sent_to_another_process_reaches_the_owners_engine(
+    start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    a, b = await asyncio.gather(start_process(), start_process())
+    c = clip("librivox-sns-0890")
+    session_id = (await create_session(http, a.base))["session_id"]
+    on_a = Received()
+    follower = asyncio.create_task(follow_sse(http, f"{a.base}/sessions/{session_id}/stream", on_a))
+    half = len(c.pcm) // 2
+    async with http.post(
+        f"{b.base}/sessions/{session_id}/audio",
+        data=c.pcm[:half],
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["bytes"] == half
+    async with http.post(
+        f"{b.base}/sessions/{session_id}/audio",
+        data=b"\x01\x02\x03",
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:  # the owner's refusal comes back as it gave it
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "odd_byte_count"
+    producer = await stream_ws(http, b.base, session_id, c.pcm[half:])
+    await follower
+    assert on_a.of_type("final")
+    assert producer.logged == on_a.logged
+    assert on_a.of_type("session_end")[0]["data"]["audio_seconds"] == len(c.pcm) / 32_000
+    async with http.get(f"{b.base}/sessions/{session_id}/transcript") as resp:
+        assert (await resp.json())["text"] == on_a.finals_text()
+    async with http.delete(f"{b.base}/sessions/{session_id}") as resp:  # idempotent, passed on
+        assert resp.status == 200
+        assert (await resp.json())["transcript"] == on_a.finals_text()
+
+
+async def test_resume_on_another_process_after_drops_loses_and_repeats_nothing(
+    start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    a, b = await asyncio.gather(start_process(), start_process())
+    c = clip("librivox-sns-0920")
+    session_id = (await create_session(http, a.base))["session_id"]
+    on_a = Received()
+    follower = asyncio.create_task(follow_sse(http, f"{a.base}/sessions/{session_id}/stream", on_a))
+    producer = asyncio.create_task(stream_ws(http, a.base, session_id, c.pcm, speed=2.0))
+    resumed: list[dict[str, Any]] = []
+    drops = 0
+    url = f"{b.base}/sessions/{session_id}/stream"
+    while not resumed or resumed[-1]["event_type"] != "session_end":
+        last = resumed[-1]["seq"] if resumed else 0
+        headers = {"Last-Event-ID": str(last)} if last else {}
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 200
+            data: list[str] = []
+            taken = 0
+            async for raw in resp.content:  # take up to three events, then hang up
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+                elif not line and data:
+                    event = json.loads("".join(data))
+                    data = []
+                    if "seq" in event:
+                        resumed.append(event)
+                        taken += 1
+                    if taken == 3 or event["event_type"] == "session_end":
+                        break
+        drops += 1
+    await asyncio.gather(producer, follower)
+    assert drops > 3
+    assert resumed == on_a.logged
+
+
+async def test_an_owner_killed_mid_session_ends_it_node_lost_on_the_others(
+    start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    lease_s = 1.0
+    a, b = await asyncio.gather(start_process(lease_s=lease_s), start_process(lease_s=lease_s))
+    # Two utterances: the first one's final is out before the second ends.
+    pcm = clip("librivox-sns-0930").pcm + bytes(32_000) + clip("librivox-sns-0870").pcm
+    session_id = (await create_session(http, a.base))["session_id"]
+    on_b = Received()
+    follower = asyncio.create_task(follow_sse(http, f"{b.base}/sessions/{session_id}/stream", on_b))
+    async with http.ws_connect(f"{a.base}/sessions/{session_id}/ws") as ws:
+        async for frame in paced(frames(pcm, 16_000), 0.02, SPEED):
+            await ws.send_bytes(frame)
+            if on_b.of_type("final"):
+                break
+        else:
+            raise AssertionError("no final reached the other process")
+        a.kill()
+        killed = time.monotonic()
+        await follower
+    ended = time.monotonic() - killed
+    end = on_b.events[-1]
+    assert end["event_type"] == "session_end"
+    assert end["data"]["reason"] == "node_lost"
+    assert on_b.seqs == list(range(1, len(on_b.seqs) + 1))
+    # The lease lapses, then the next sweep (every lease/2) ends it; the rest is slack for
+    # a loaded machine.
+    assert ended < 10 * lease_s, f"node_lost came {ended:.1f} s after the kill"
+    finals = on_b.finals_text()
+    assert finals
+    async with http.get(f"{b.base}/sessions/{session_id}/transcript") as resp:
+        assert (await resp.json())["text"] == finals
+    async with http.get(f"{b.base}/sessions/{session_id}") as resp:
+        assert (await resp.json())["state"] == "closed"
+    async with http.post(
+        f"{b.base}/sessions/{session_id}/audio",
+        data=pcm[:3200],
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:  # ended, by whoever ended it
+        assert resp.status == 409
+        assert (await resp.json())["error"]["code"] == "session_closed"
+    async with http.delete(f"{b.base}/sessions/{session_id}") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["transcript"] == finals
+
+
+async def test_redis_restarted_mid_session_loses_and_repeats_nothing_for_subscribers(
+    redis_server: RedisServer, start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    a, b = await asyncio.gather(start_process(), start_process())
+    pcm = clip("librivox-sns-0930").pcm + bytes(32_000) + clip("librivox-sns-0870").pcm
+    session_id = (await create_session(http, a.base))["session_id"]
+    on_a, on_b = Received(), Received()
+    followers = [
+        asyncio.create_task(follow_sse(http, f"{a.base}/sessions/{session_id}/stream", on_a)),
+        asyncio.create_task(follow_sse(http, f"{b.base}/sessions/{session_id}/stream", on_b)),
+    ]
+    restarted = False
+    async with http.ws_connect(f"{a.base}/sessions/{session_id}/ws") as ws:
+        async for frame in paced(frames(pcm, 16_000), 0.02, SPEED):
+            await ws.send_bytes(frame)
+            if not restarted and on_b.of_type("final"):
+                await redis_server.restart()  # no persistence: Redis comes back empty
+                restarted = True
+        assert restarted, "no final reached the other process before the restart"
+        await ws.send_str(json.dumps({"type": "close"}))
+        await asyncio.gather(*followers)
+    # The owner wrote again what Redis lost: the other process's subscriber got every event,
+    # once, in order; had anything been lost for good, an error event would say which.
+    assert on_b.logged == on_a.logged
+    assert not on_b.of_type("error")
+    async with http.get(f"{b.base}/sessions/{session_id}/transcript") as resp:
+        assert (await resp.json())["text"] == on_a.finals_text()
