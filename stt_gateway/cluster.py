@@ -19,6 +19,9 @@ Redis keys (``{id}``: the session id)::
     stt:s:{id}:events     STREAM: entry id "<seq>-0" (so Last-Event-ID n reads from "n-0"),
                           fields t (event type), j (event JSON); MAXLEN ~ replay_events
     stt:s:{id}:finals     LIST of final events' JSON (the transcript, whole)
+    stt:s:{id}:followers  HASH: process → "<subscribers>:<until, Unix ms>", renewed with the
+                          lease: the owner counts every process's subscribers (idle timeout,
+                          GET's subscribers)
 
 An ended session's keys expire ``retention_s`` after its ``session_end``.
 
@@ -90,8 +93,22 @@ def _finals_key(session_id: str) -> str:
     return f"stt:s:{session_id}:finals"
 
 
+def _followers_key(session_id: str) -> str:
+    return f"stt:s:{session_id}:followers"
+
+
 def _seq_of(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
+
+
+def _count(followers: dict[bytes, bytes], now_ms: int, skip: str | None = None) -> int:
+    """Subscribers in a ``followers`` hash whose entries are still fresh."""
+    total = 0
+    for node, value in followers.items():
+        count, until = value.split(b":")
+        if int(until) > now_ms and node.decode() != skip:
+            total += int(count)
+    return total
 
 
 class SessionRecord:
@@ -144,9 +161,9 @@ class Cluster:
             redis.exceptions.RedisError: Redis cannot be reached now.
         """
         self.node_url = node_url
-        await self._renew()
+        await self._heartbeat()
         self._tasks = [
-            asyncio.create_task(self._every(self._lease_s / 3, self._renew), name="lease"),
+            asyncio.create_task(self._every(self._lease_s / 3, self._heartbeat), name="lease"),
             asyncio.create_task(self._every(self._lease_s / 2, self._reap), name="reaper"),
         ]
         log.info("cluster node %s at %s", self.node_id, node_url)
@@ -226,6 +243,10 @@ class Cluster:
             record = await self.record(session_id)
             replica = Replica(self, record, self._limits)
             await replica.load()
+            # It opens for a subscriber: tell the owner now, not at the next heartbeat, so
+            # the session does not idle out meanwhile.
+            until = int((time.time() + self._lease_s) * 1000)
+            await self._redis.hset(_followers_key(session_id), self.node_id, f"1:{until}")
         except BaseException:
             self._replicas.pop(session_id, None)
             raise
@@ -250,14 +271,18 @@ class Cluster:
             SessionNotFound, redis.exceptions.RedisError.
         """
         record = await self.record(session_id)
-        held = await self._redis.xlen(_events_key(session_id))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(_events_key(session_id))
+        pipe.hgetall(_followers_key(session_id))
+        held, followers = await pipe.execute()
         replica = self._ready_replica(session_id)
+        here = replica.log.subscriber_count if replica is not None else 0
         return SessionInfo(
             session_id=session_id,
             state=record.state,
             created_at=record.created_at,
             audio_seconds=round(record.audio_seconds, 3),
-            subscribers=replica.log.subscriber_count if replica is not None else 0,
+            subscribers=here + _count(followers, int(time.time() * 1000), skip=self.node_id),
             last_seq=max(record.last_seq, replica.log.last_seq if replica is not None else 0),
             replay_events=held,
             replay_bytes=replica.log.ring_size[1] if replica is not None else 0,
@@ -295,10 +320,29 @@ class Cluster:
 
     # -- liveness --------------------------------------------------------------------------
 
-    async def _renew(self) -> None:
-        await self._redis.set(
-            _node_key(self.node_id), self.node_url, px=max(1, int(self._lease_s * 1000))
-        )
+    async def _heartbeat(self) -> None:
+        """Renew the lease, and tell each session's owner how many subscribers this process
+        has (``stt:s:{id}:followers``); as owner, learn how many the others have."""
+        now_ms = int(time.time() * 1000)
+        until = now_ms + int(self._lease_s * 1000)
+        counts = {sid: w.session.local_subscriber_count for sid, w in self._writers.items()}
+        for sid in list(self._replicas):
+            if (replica := self._ready_replica(sid)) is not None:
+                counts[sid] = replica.log.subscriber_count
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(_node_key(self.node_id), self.node_url, px=max(1, int(self._lease_s * 1000)))
+        for sid, count in counts.items():
+            if count:
+                pipe.hset(_followers_key(sid), self.node_id, f"{count}:{until}")
+                pipe.pexpire(_followers_key(sid), self._retention_ms)
+            else:
+                pipe.hdel(_followers_key(sid), self.node_id)
+        owned = list(self._writers.values())
+        for writer in owned:
+            pipe.hgetall(_followers_key(writer.session.id))
+        answers = await pipe.execute()
+        for writer, followers in zip(owned, answers[len(answers) - len(owned) :], strict=True):
+            writer.session.remote_subscribers = _count(followers, now_ms, skip=self.node_id)
 
     async def _every(self, period_s: float, step: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -400,7 +444,7 @@ class _Writer:
         self._cluster = cluster
         self._redis = cluster._redis
         self._script = cluster._append
-        self._session = session
+        self.session = session
         self._id = session.id
         self._keys = [_record_key(self._id), _events_key(self._id), _finals_key(self._id)]
         self._epoch = ""
@@ -427,7 +471,7 @@ class _Writer:
 
     def _queue_record(self, pipe: aioredis.client.Pipeline) -> None:
         self._epoch = secrets.token_hex(8)
-        s = self._session
+        s = self.session
         pipe.hset(
             self._keys[0],
             mapping={
@@ -468,7 +512,7 @@ class _Writer:
     async def _append(self, records: list[Record], push_finals: bool = True) -> bool:
         """Write ``records`` (oldest first, at least one); whether Redis still held the session
         under this epoch (``False``: nothing was written)."""
-        s = self._session
+        s = self.session
         ended = records[-1].event_type == SESSION_END
         args: list[str | bytes | int] = [
             self._epoch,
@@ -495,7 +539,7 @@ class _Writer:
         pipe.hget(self._keys[0], "epoch")
         pipe.xrevrange(self._keys[1], count=1)
         epoch, top = await pipe.execute()
-        held = self._session.held_records()
+        held = self.session.held_records()
         if epoch == self._epoch.encode():
             newest = _seq_of(top[0][0]) if top else 0
             missing = [r for r in held if (r.seq or 0) > newest]
@@ -503,7 +547,7 @@ class _Writer:
                 return
         # Redis lost the session (restarted without persistence, or evicted it): write it
         # again, under a new epoch, whole.
-        finals = self._session.final_records()
+        finals = self.session.final_records()
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(*self._keys)
         self._queue_record(pipe)

@@ -211,6 +211,8 @@ class Session:
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
         self._ended = asyncio.Event()  # set once session_end is published
+        self.remote_subscribers = 0
+        """Subscribers on other gateway processes (kept up to date by ``cluster.py``)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -402,7 +404,7 @@ class Session:
         if self._closing is not None:
             return
         idle_for = time.monotonic() - self._last_activity
-        if self._log.subscriber_count:
+        if self.subscriber_count:
             self._last_activity = time.monotonic()
             idle_for = 0.0
         if idle_for < self._limits.idle_timeout_s:
@@ -594,6 +596,16 @@ class Session:
         """Events after ``since`` (see :meth:`EventLog.subscribe`), then live ones."""
         return self._log.subscribe(since)
 
+    @property
+    def subscriber_count(self) -> int:
+        """Subscribers now: this process's, and those :attr:`remote_subscribers` counts."""
+        return self._log.subscriber_count + self.remote_subscribers
+
+    @property
+    def local_subscriber_count(self) -> int:
+        """Subscribers of this process."""
+        return self._log.subscriber_count
+
     def replicate(self, mirror: Callable[[Record], None]) -> None:
         """Hand every event published from now on to ``mirror`` too (see
         :meth:`EventLog.mirror_to`)."""
@@ -636,7 +648,7 @@ class Session:
             state=self._state,
             created_at=self.created_at,
             audio_seconds=round(self.audio_seconds, 3),
-            subscribers=self._log.subscriber_count,
+            subscribers=self.subscriber_count,
             last_seq=self._log.last_seq,
             replay_events=self._log.ring_size[0],
             replay_bytes=self._log.ring_size[1],

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from stt_gateway.app import create_app
+from stt_gateway.app import create_app, start_cluster
 from stt_gateway.engines.local import DEFAULT_ENDPOINTING_MS, LocalEngineProvider
 from stt_gateway.engines.whisper import (
     WhisperEngineProvider,
@@ -29,6 +29,7 @@ from stt_gateway.settings import Settings
 from tests.audio_files import Clip
 from tests.gateway_process import GatewayProcess
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import CuttableProxy
 
 ServerFactory = Callable[..., Coroutine[Any, Any, TestServer]]
 StartGateway = Callable[..., Coroutine[Any, Any, "Gateway"]]
@@ -125,3 +126,19 @@ async def start_process(
 
     yield start
     await asyncio.gather(*(p.stop() for p in started))
+
+
+@pytest.fixture
+async def shared_gateway(
+    aiohttp_server: ServerFactory, redis_server: RedisServer
+) -> AsyncIterator[Gateway]:
+    """Two gateways sharing sessions on ``redis_server``, behind a round-robin balancer: each
+    new connection goes to the other one, so a session's requests land on both."""
+    apps = [create_app(make_settings(redis_url=redis_server.url)) for _ in range(2)]
+    servers = [await aiohttp_server(app) for app in apps]
+    for app, server in zip(apps, servers, strict=True):
+        await start_cluster(app, str(server.make_url("")).rstrip("/"))
+    balancer = CuttableProxy([server.port for server in servers if server.port is not None])
+    await balancer.start()
+    yield Gateway(base=f"http://127.0.0.1:{balancer.port}", app=apps[0])
+    await balancer.close()

@@ -208,3 +208,29 @@ async def test_redis_restarted_mid_session_loses_and_repeats_nothing_for_subscri
     assert not on_b.of_type("error")
     async with http.get(f"{b.base}/sessions/{session_id}/transcript") as resp:
         assert (await resp.json())["text"] == on_a.finals_text()
+
+
+async def test_a_subscriber_on_another_process_counts_and_keeps_the_session_from_idling(
+    start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    # The owner learns of other processes' subscribers every lease_s / 3: within the idle
+    # timeout.
+    settings = {"idle_timeout_s": 2.0, "lease_s": 3.0}
+    a, b = await asyncio.gather(start_process(**settings), start_process(**settings))
+    session_id = (await create_session(http, a.base))["session_id"]
+    # An audio-only socket on the owner: no subscriber, closed when the session ends.
+    closes = await http.ws_connect(f"{a.base}/sessions/{session_id}/ws?events=false")
+    on_b = Received()
+    follower = asyncio.create_task(follow_sse(http, f"{b.base}/sessions/{session_id}/stream", on_b))
+    await asyncio.sleep(5.0)  # two idle timeouts and more
+    for base in (a.base, b.base):
+        async with http.get(f"{base}/sessions/{session_id}") as resp:
+            info = await resp.json()
+            assert (info["state"], info["subscribers"]) == ("created", 1), base
+    follower.cancel()
+    async with asyncio.timeout(30):
+        assert (await closes.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    ended = Received()
+    await follow_sse(http, f"{b.base}/sessions/{session_id}/stream", ended)
+    assert ended.logged[-1]["data"]["reason"] == "idle_timeout"
+    await closes.close()

@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.audio_files import clip, clips
 from tests.conftest import Gateway, StartGateway, direct_finals
@@ -23,6 +24,16 @@ from tests.gateway_client import (
 )
 
 KILLS = 200
+
+
+@pytest.fixture(params=["memory", "redis"])
+def gateway(request: pytest.FixtureRequest) -> Gateway:
+    """Each durable-session test on one in-memory gateway, and on two gateway processes
+    sharing sessions on Redis behind a round-robin balancer (so a subscriber's reconnects,
+    the producer's requests and the reads land on either)."""
+    name = "gateway" if request.param == "memory" else "shared_gateway"
+    found: Gateway = request.getfixturevalue(name)
+    return found
 
 
 async def read_some_sse(
