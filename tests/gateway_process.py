@@ -17,10 +17,12 @@ class GatewayProcess:
 
     Args:
         redis_url: the shared Redis.
+        workers: ``--workers``: processes serving the port (each says when it serves).
         settings: more ``STT_GATEWAY_*`` settings, by setting name (``lease_s=1``).
     """
 
-    def __init__(self, redis_url: str, **settings: object) -> None:
+    def __init__(self, redis_url: str, workers: int = 1, **settings: object) -> None:
+        self._workers = workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._env = {
@@ -36,15 +38,18 @@ class GatewayProcess:
     async def start(self) -> None:
         """Start it and wait until it serves (its log says so)."""
         process = self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "stt_gateway", "serve", env=self._env,
+            sys.executable, "-m", "stt_gateway", "serve", "--workers", str(self._workers),
+            env=self._env,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert process.stderr is not None
         lines: list[bytes] = []
+        serving = 0
         async with asyncio.timeout(60):
             async for line in process.stderr:
                 lines.append(line)
-                if b"serving on" in line:
+                serving += b"serving on" in line
+                if serving == self._workers:
                     break
             else:
                 log = b"".join(lines).decode(errors="replace")

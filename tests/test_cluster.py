@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -234,3 +236,40 @@ async def test_a_subscriber_on_another_process_counts_and_keeps_the_session_from
     await follow_sse(http, f"{b.base}/sessions/{session_id}/stream", ended)
     assert ended.logged[-1]["data"]["reason"] == "idle_timeout"
     await closes.close()
+
+
+async def test_workers_share_one_port_and_serve_each_others_sessions(
+    start_process: StartProcess,
+) -> None:
+    gateway = await start_process(workers=2)
+    # New connections each time: the kernel spreads them over the workers (SO_REUSEPORT).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        nodes = set()
+        for _ in range(20):
+            async with http.get(f"{gateway.base}/info") as resp:
+                nodes.add((await resp.json())["cluster"]["node"])
+        assert len(nodes) == 2
+        session_id = (await create_session(http, gateway.base))["session_id"]
+        followers = [Received() for _ in range(4)]
+        tasks = [
+            asyncio.create_task(
+                follow_sse(http, f"{gateway.base}/sessions/{session_id}/stream", got)
+            )
+            for got in followers
+        ]
+        producer = await stream_ws(http, gateway.base, session_id, clip("goforward").pcm)
+        await asyncio.gather(*tasks)
+    assert producer.of_type("final")
+    for got in followers:
+        assert got.logged == producer.logged
+
+
+async def test_workers_without_redis_are_refused_with_the_reason() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stt_gateway", "serve", "--workers", "2", "--port", "8799",
+        env={k: v for k, v in os.environ.items() if k != "STT_GATEWAY_REDIS_URL"},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "STT_GATEWAY_REDIS_URL" in err.decode()

@@ -70,6 +70,10 @@ async def info(request: web.Request) -> web.Response:
                 "sample_rate_hz": {"min": 8000, "max": 96000},
             },
             "sessions": {"live": registry.live_count},
+            # Shared with other processes on Redis: which process answered (never the URL).
+            "cluster": None
+            if registry.cluster is None
+            else {"node": registry.cluster.node_id, "lease_s": s.lease_s},
             # Whether callers need a credential, never which: no key id or secret here.
             "auth": {
                 "mode": "keys" if s.api_keys else ("off" if s.no_auth else "open"),
