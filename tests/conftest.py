@@ -118,8 +118,8 @@ async def start_process(
     """Start gateway processes sharing ``redis_server``; each stopped (SIGTERM) at the end."""
     started: list[GatewayProcess] = []
 
-    async def start(**settings: object) -> GatewayProcess:
-        process = GatewayProcess(redis_server.url, **settings)
+    async def start(workers: int = 1, **settings: object) -> GatewayProcess:
+        process = GatewayProcess(redis_server.url, workers, **settings)
         started.append(process)
         await process.start()
         return process
