@@ -13,13 +13,16 @@ passes when
 N doubles from ``--start`` until a trial fails, then bisects to within 10 %. Engines: ``echo``, the
 floor (the bare aiohttp WS echo of ``bench/loadgen.py`` under the same load and verdict: what this
 box and the generator hold with no gateway at all), the instant in-process engine
-(``bench/gateway.py``; its time is ~zero, so the limit is ours) and the Deepgram adapter against
-the local fake (``tests/fakes/deepgram.py``, in its own process, answering every 20 ms of audio
-with an interim); on request also ``local`` and ``whisper``, the speech engines on real speech,
-judged against ``--local-p95-ms`` (their decoding is real work): how many real-time streams of each
-this box holds.
+(``bench/gateway.py``; its time is ~zero, so the limit is ours), ``redis`` and ``redis2``: the same
+instant engine in one and in two gateway processes sharing one port and their sessions on a local
+``redis-server`` (``STT_GATEWAY_REDIS_URL``; Redis's CPU is printed), and the Deepgram adapter
+against the local fake (``tests/fakes/deepgram.py``, in its own process, answering every 20 ms of
+audio with an interim); on request also ``local`` and ``whisper``, the speech engines on real
+speech, judged against ``--local-p95-ms`` (their decoding is real work): how many real-time streams
+of each this box holds.
 
-Run: ``.venv/bin/python bench/capacity.py [--engines echo,instant,deepgram,local] [--uvloop]``
+Run: ``.venv/bin/python bench/capacity.py [--engines echo,instant,redis,redis2,deepgram,local]
+[--uvloop]``
 Prints every trial, the capacity per engine, and one JSON line. No assertions.
 """
 
@@ -39,11 +42,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_s, free_port, start_gateway, stop, wait_up  # noqa: E402
+from bench.common import (  # noqa: E402
+    cpu_s,
+    free_port,
+    start_gateway,
+    start_gateways,
+    start_redis,
+    stop,
+    wait_up,
+)
 from bench.deepgram_overhead import CLIP, KEY, serve_fake  # noqa: E402
 from bench.loadgen import Load, pct, run_load, serve_echo  # noqa: E402
 
 MAX_SEND_LAG_MS = 20.0
+SHARED = {"redis": 1, "redis2": 2}
+"""Engines run as instant-engine gateway processes sharing sessions on Redis: how many."""
 MIN_DELIVERED = 0.999
 
 
@@ -59,25 +72,29 @@ def trial(
     real = engine in ("local", "whisper")  # real speech engines, decoding in worker processes
     if real:  # one worker per core, the gateway's default
         env = {k: v for k, v in env.items() if k != "STT_GATEWAY_ENGINE_PROCESSES"}
-    server: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess
+    servers: list[subprocess.Popen[bytes] | multiprocessing.process.BaseProcess]
     if engine == "echo":  # the floor: the bare aiohttp WS echo, same load, same verdict
-        server = multiprocessing.get_context("spawn").Process(
+        echo = multiprocessing.get_context("spawn").Process(
             target=serve_echo, args=(port,), daemon=True
         )
-        server.start()
+        echo.start()
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/"))
+        servers = [echo]
+    elif engine in SHARED:  # instant-engine processes on one port, sessions on Redis
+        servers = list(start_gateways(port, env, SHARED[engine], args.redis_url))
     else:
-        server = start_gateway(
-            port,
-            env,
-            engine="local" if real else "instant",
-            uvloop=args.uvloop,
-            gc=args.gc,
-        )
-    assert server.pid is not None
-    pids = {"gateway": server.pid} | ({"fake": fake_pid} if engine == "deepgram" else {})
-    audio = CLIP.pcm if engine not in ("instant", "echo") else b""
-    config_engine = "local" if engine == "instant" else engine  # instant is `local` there
+        servers = [
+            start_gateway(
+                port, env, engine="local" if real else "instant", uvloop=args.uvloop, gc=args.gc
+            )
+        ]
+    gateway_pids = [s.pid for s in servers if s.pid is not None]
+    pids = {"fake": fake_pid} if engine == "deepgram" else {}
+    if engine in SHARED:
+        pids["redis"] = args.redis_pid
+    audio = CLIP.pcm if engine in ("deepgram", "local", "whisper") else b""
+    # instant is `local` there
+    config_engine = "local" if engine == "instant" or engine in SHARED else engine
     limit_ms = args.local_p95_ms if real else args.p95_ms
     if engine == "echo":
         load = Load("echo", f"ws://127.0.0.1:{port}/", sessions, args.seconds)
@@ -86,16 +103,19 @@ def trial(
         load = Load("gateway", base, sessions, args.seconds, engine=config_engine, audio=audio)
     try:
         cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+        gateway0 = sum(cpu_s(pid) for pid in gateway_pids)
         t0 = time.perf_counter()
         result = run_load(load, args.processes)
         wall = time.perf_counter() - t0
         row_cpu = {f"{name}_cpu": (cpu_s(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+        row_cpu["gateway_cpu"] = (sum(cpu_s(pid) for pid in gateway_pids) - gateway0) / wall
     finally:
-        if isinstance(server, subprocess.Popen):
-            stop(server)
-        else:
-            server.terminate()
-            server.join(10)
+        for server in servers:
+            if isinstance(server, subprocess.Popen):
+                stop(server)
+            else:
+                server.terminate()
+                server.join(10)
     lat = result.latency_ms["ws"]
     row: dict[str, Any] = {
         "engine": engine,
@@ -114,7 +134,7 @@ def trial(
         reasons.append(f"p95 {row['p95_ms']:.1f} ms")
     if not row["send_lag_p99_ms"] < MAX_SEND_LAG_MS:
         reasons.append(f"generator behind (send lag p99 {row['send_lag_p99_ms']:.1f} ms)")
-    if engine in ("instant", "echo") and row["delivered"] < MIN_DELIVERED:
+    if (engine in ("instant", "echo") or engine in SHARED) and row["delivered"] < MIN_DELIVERED:
         reasons.append(f"interims delivered {row['delivered']:.1%}")
     if result.closed_early:
         reasons.append(f"{result.closed_early} streams cut")
@@ -123,7 +143,8 @@ def trial(
     print(
         f"{engine:<9} {sessions:>6} {row['p50_ms']:>7.2f} {row['p95_ms']:>8.2f} "
         f"{row['delivered']:>6.1%} {row['send_lag_p99_ms']:>8.2f} {row['loadgen_cpu']:>8.0%} "
-        f"{row['gateway_cpu']:>8.0%} {row.get('fake_cpu', 0):>5.0%}  {row['why']}",
+        f"{row['gateway_cpu']:>8.0%} {row.get('fake_cpu', 0):>5.0%} "
+        f"{row.get('redis_cpu', 0):>5.0%}  {row['why']}",
         flush=True,
     )
     return row
@@ -187,6 +208,10 @@ def main() -> None:
     }
     capacity: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
+    redis_server = None
+    if SHARED.keys() & set(args.engines.split(",")):
+        redis_server, args.redis_url = start_redis()
+        args.redis_pid = redis_server.pid
     try:
         asyncio.run(wait_up(f"http://127.0.0.1:{fake_port}/v1/listen"))
         assert fake.pid is not None
@@ -199,13 +224,15 @@ def main() -> None:
         )
         print(
             f"{'engine':<9} {'sessions':>6} {'p50 ms':>7} {'p95 ms':>8} {'deliv':>6} "
-            f"{'send lag':>8} {'loadgen':>8} {'gateway':>8} {'fake':>5}  verdict"
+            f"{'send lag':>8} {'loadgen':>8} {'gateway':>8} {'fake':>5} {'redis':>5}  verdict"
         )
         for engine in args.engines.split(","):
             capacity[engine], tried = search(engine, args, env, fake.pid)
             rows += tried
     finally:
         fake.terminate()
+        if redis_server is not None:
+            stop(redis_server)
     for engine, n in capacity.items():
         print(f"capacity {engine}: {n} real-time sessions")
     print(

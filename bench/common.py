@@ -9,10 +9,12 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
 import numpy as np
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +121,50 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def pct_ms(seconds: list[float], q: float) -> float:
     """The ``q``-th percentile of ``seconds``, in ms (nan when empty)."""
     return float(np.percentile(np.array(seconds) * 1000, q)) if seconds else float("nan")
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's ``redis-server`` on a free loopback port, no persistence; (process, URL).
+
+    Raises:
+        RuntimeError: it did not answer within 30 s.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(300):
+        with contextlib.suppress(redis.ConnectionError):
+            client.ping()
+            return proc, url
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("redis-server did not come up in 30 s")
+
+
+def start_gateways(
+    port: int, env: dict[str, str], processes: int, redis_url: str
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``processes`` instant-engine ``bench/gateway.py`` processes sharing
+    ``127.0.0.1:port`` (``SO_REUSEPORT``) and sessions on ``redis_url`` (emptied first);
+    returns once every one of them has joined (its lease is in Redis).
+
+    Raises:
+        RuntimeError: they did not all join within 30 s.
+    """
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    env = env | {"STT_GATEWAY_REDIS_URL": redis_url, "STT_GATEWAY_LOG_LEVEL": "WARNING"}
+    script = [sys.executable, str(ROOT / "bench" / "gateway.py"), "--port", str(port)]
+    procs = [subprocess.Popen(script, env=os.environ | env) for _ in range(processes)]
+    for _ in range(300):
+        if len(list(client.scan_iter("stt:node:*"))) == processes:
+            return procs
+        time.sleep(0.1)
+    for proc in procs:
+        proc.kill()
+    raise RuntimeError(f"{processes} gateway processes did not all start in 30 s")

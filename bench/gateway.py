@@ -7,7 +7,8 @@ the gateway's: transports, session, event log, fan-out. It is registered as ``lo
 default session config uses it); ``deepgram`` stays the real adapter.
 
 Run: ``python bench/gateway.py --port 8000 [--uvloop] [--engine instant|local] [--gc off|log]``;
-settings come from ``STT_GATEWAY_*`` as for ``stt-gateway``.
+settings come from ``STT_GATEWAY_*`` as for ``stt-gateway``. With ``STT_GATEWAY_REDIS_URL`` it is
+one of several processes sharing the port (``SO_REUSEPORT``) and sessions on that Redis.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import raise_fd_limit  # noqa: E402
 from stt_gateway.app import create_app  # noqa: E402
+from stt_gateway.cli import serve_shared  # noqa: E402
 from stt_gateway.engines.base import Engine, EngineProvider  # noqa: E402
 from stt_gateway.engines.deepgram import DeepgramProvider  # noqa: E402
 from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
@@ -170,8 +172,12 @@ def main() -> None:
         import uvloop
 
         loop = uvloop.new_event_loop()
+    app = create_app(settings, providers(settings, args.engine))
+    if settings.redis_url is not None:  # one of several processes on one port and Redis
+        asyncio.run(serve_shared(app, settings, reuse_port=True))
+        return
     web.run_app(
-        create_app(settings, providers(settings, args.engine)),
+        app,
         host="127.0.0.1",
         port=args.port,
         access_log=None,

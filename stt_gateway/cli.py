@@ -201,7 +201,7 @@ def serve(args: argparse.Namespace) -> None:
     _configure_logging(settings)
     logging.getLogger("stt_gateway").info("%s", auth_mode(settings))
     if settings.redis_url is not None:
-        asyncio.run(serve_shared(settings, reuse_port=False))
+        asyncio.run(serve_shared(create_app(settings), settings, reuse_port=False))
         return
     web.run_app(
         create_app(settings),
@@ -225,8 +225,8 @@ def _access_log(settings: Settings) -> logging.Logger | None:
     return logging.getLogger("aiohttp.access") if debug else None
 
 
-async def serve_shared(settings: Settings, reuse_port: bool) -> None:
-    """Serve as one of the processes sharing sessions on ``settings.redis_url``, until
+async def serve_shared(app: web.Application, settings: Settings, reuse_port: bool) -> None:
+    """Serve ``app`` as one of the processes sharing sessions on ``settings.redis_url``, until
     SIGINT or SIGTERM.
 
     Besides the public address (shared with the other workers when ``reuse_port``), the
@@ -238,7 +238,6 @@ async def serve_shared(settings: Settings, reuse_port: bool) -> None:
         OSError: an address cannot be bound; redis.exceptions.RedisError: Redis cannot be
             reached at start.
     """
-    app = create_app(settings)
     runner = web.AppRunner(app, access_log=_access_log(settings), handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -246,7 +245,11 @@ async def serve_shared(settings: Settings, reuse_port: bool) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port).start()
+        # A deep accept queue: thousands of subscribers may connect at once.
+        public = web.TCPSite(
+            runner, settings.host, settings.port, reuse_port=reuse_port, backlog=4096
+        )
+        await public.start()
         own = URL(settings.node_url) if settings.node_url else None
         private = web.TCPSite(runner, settings.host, own.port if own else 0)
         await private.start()
@@ -266,7 +269,7 @@ def _worker(settings: Settings) -> None:
     """One of ``--workers`` processes (spawned)."""
     _configure_logging(settings)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_shared(settings, reuse_port=True))
+        asyncio.run(serve_shared(create_app(settings), settings, reuse_port=True))
 
 
 def _run_workers(settings: Settings) -> int:

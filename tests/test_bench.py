@@ -44,7 +44,7 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
     out, result = run_bench(
         "capacity.py",
         "--engines",
-        "echo,instant,deepgram,local,whisper",
+        "echo,instant,redis,redis2,deepgram,local,whisper",
         "--seconds",
         "1",
         "--start",
@@ -60,7 +60,15 @@ def test_capacity_bench_runs_a_trial_per_engine() -> None:
     firsts: dict[str, int] = {}
     for t in result["trials"]:
         firsts.setdefault(t["engine"], t["sessions"])
-    assert firsts == {"echo": 2, "instant": 2, "deepgram": 2, "local": 2, "whisper": 2}
+    assert firsts == {
+        "echo": 2,
+        "instant": 2,
+        "redis": 2,
+        "redis2": 2,
+        "deepgram": 2,
+        "local": 2,
+        "whisper": 2,
+    }
     assert all(t["results"] > 0 for t in result["trials"])
     assert set(result["capacity"]) == set(firsts)
     assert "capacity deepgram:" in out
