@@ -1,24 +1,27 @@
 """One session, many subscribers: time from publish to the last subscriber's receipt.
 
 For each N (default 10, 100, 1,000, 10,000), each transport (SSE, then WS) and each path — the
-floor first (``bench/fanout_floor.py``: a bare aiohttp server writing one pre-framed event to
-every subscriber's transport, nothing else), then the gateway with the instant engine
+floor first (``bench/fanout_floor.py``: a bare aiohttp server writing one pre-framed event to every
+subscriber's transport, nothing else), then the gateway with the instant engine
 (``bench/gateway.py``) — a fresh server (so that RSS per subscriber is not blurred by heap an
-earlier stage freed), one session, N subscribers spread over ``--processes`` subscriber
-processes, then a producer sending one ``--chunk-ms`` chunk per chunk period at real-time pace
-for ``--seconds``. The instant engine publishes one interim per chunk at once, so a chunk's
-send is its publish (plus a loopback hop, which the N = 10 row shows). The subscribers are bare
-sockets that scan the byte stream for each result's audio end (see ``_Subscriber``): a parsing
-client would spend more CPU than the server it measures. Per event: the receipt time at the
-first and at the last subscriber holding it; ``perf_counter`` is CLOCK_MONOTONIC, one clock
-across processes. Printed: p50/p95 of publish → last receipt, events delivered per second over
-all subscribers, subscribers cut off as too slow, server RSS per subscriber (RSS with N
-connected minus before, / N), and the server's and the subscribers' CPU.
+earlier stage freed), one session, N subscribers spread over ``--processes`` subscriber processes,
+then a producer sending one ``--chunk-ms`` chunk per chunk period at real-time pace for
+``--seconds``. The instant engine publishes one interim per chunk at once, so a chunk's send is its
+publish (plus a loopback hop, which the N = 10 row shows). The subscribers are bare sockets that
+scan the byte stream for each result's audio end (see ``_Subscriber``): a parsing client would
+spend more CPU than the server it measures. Per event: the receipt time at the first and at the
+last subscriber holding it; with ``redis2`` the subscribers connect to the one port and the kernel
+spreads them over two gateway processes sharing the session on Redis (the producer's process owns
+it, the other follows its stream); ``perf_counter`` is CLOCK_MONOTONIC, one clock across processes.
+Printed: p50/p95 of publish → last receipt, events delivered per second over all subscribers,
+subscribers cut off as too slow, server RSS per subscriber (RSS with N connected minus before, / N,
+over every server process), and the server's and the subscribers' CPU.
 
 The open-file limit is raised to its hard limit in every process (10,000 subscribers are
 10,000 sockets on each side).
 
-Run: ``.venv/bin/python bench/fanout.py [--subscribers 10,100,1000,10000] [--seconds 10]``
+Run: ``.venv/bin/python bench/fanout.py [--subscribers 10,100,1000,10000] [--seconds 10]
+[--paths floor,gateway,redis2]``
 Prints a table and one JSON line. No assertions: numbers only.
 """
 
@@ -51,6 +54,8 @@ from bench.common import (  # noqa: E402
     raise_fd_limit,
     rss_mb,
     start_gateway,
+    start_gateways,
+    start_redis,
     start_server,
     stop,
 )
@@ -216,8 +221,16 @@ async def _produce(
     return sent_at
 
 
+def _rss_mb(pids: list[int]) -> float:
+    return sum(rss_mb(pid) for pid in pids)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    return sum(cpu_s(pid) for pid in pids)
+
+
 async def _stage(
-    base: str, transport: str, n: int, args: argparse.Namespace, pid: int
+    base: str, transport: str, n: int, args: argparse.Namespace, pids: list[int]
 ) -> dict[str, Any]:
     chunk_s = args.chunk_ms / 1000
     chunks = int(args.seconds / chunk_s)
@@ -227,7 +240,7 @@ async def _stage(
             session = await resp.json()
         url = session["stream_url"] if transport == "sse" else session["ws_url"]
         info_url = f"{base}/sessions/{session['session_id']}"
-        rss_before = rss_mb(pid)
+        rss_before = _rss_mb(pids)
         procs, pipes = [], []
         k = max(1, min(args.processes, n))
         for p in range(k):
@@ -242,18 +255,18 @@ async def _stage(
         t_connect = time.perf_counter()
         await _wait_subscribed(http, info_url, n)
         connect_s = time.perf_counter() - t_connect
-        rss_connected = rss_mb(pid)
+        rss_connected = _rss_mb(pids)
         t0 = time.perf_counter()
-        cpu0 = cpu_s(pid)
+        cpu0 = _cpu_s(pids)
         sent_at = await _produce(http, session["audio_url"], chunks, chunk_s)
-        rss_end = rss_mb(pid)
+        rss_end = _rss_mb(pids)
         async with http.delete(info_url):
             pass
         parts: list[Receipts] = [
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv) for pipe in pipes
         ]
         wall = time.perf_counter() - t0
-        server_cpu = (cpu_s(pid) - cpu0) / wall
+        server_cpu = (_cpu_s(pids) - cpu0) / wall
         for proc in procs:
             proc.join(10)
     count = np.sum([r.count for r in parts], axis=0)
@@ -290,9 +303,17 @@ def main() -> None:
     parser.add_argument("--chunk-ms", type=float, default=100.0, help="one event per chunk")
     parser.add_argument("--processes", type=int, default=2, help="subscriber processes")
     parser.add_argument("--uvloop", action="store_true", help="gateway on uvloop")
+    parser.add_argument(
+        "--paths",
+        default="floor,gateway,redis2",
+        help="comma-separated: floor, gateway (one process), redis2 (two gateway processes "
+        "on one port sharing the session on a local redis-server)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     rows = []
+    paths = args.paths.split(",")
+    redis_server, redis_url = start_redis() if "redis2" in paths else (None, "")
     print(
         f"one session, {1000 / args.chunk_ms:g} events/s for {args.seconds:g} s; "
         f"{os.cpu_count()} cores; {args.processes} subscriber processes; gateway loop: "
@@ -305,24 +326,33 @@ def main() -> None:
     )
     for transport in args.transports.split(","):
         for n in (int(x) for x in args.subscribers.split(",")):
-            for path in ("floor", "gateway"):
+            for path in paths:
                 port = free_port()
+                env = {
+                    "STT_GATEWAY_ENGINE_PROCESSES": "1",
+                    "STT_GATEWAY_MAX_SUBSCRIBERS": str(n + 10),  # above the default
+                    # The subscribers answer no pings: none during a stage.
+                    "STT_GATEWAY_WS_PING_S": "3600",
+                }
                 if path == "floor":
-                    server = start_server("fanout_floor.py", port)
+                    servers = [start_server("fanout_floor.py", port)]
+                elif path == "redis2":
+                    servers = start_gateways(port, env, 2, redis_url)
                 else:
-                    env = {
-                        "STT_GATEWAY_ENGINE_PROCESSES": "1",
-                        "STT_GATEWAY_MAX_SUBSCRIBERS": str(n + 10),  # above the default
-                        # The subscribers answer no pings: none during a stage.
-                        "STT_GATEWAY_WS_PING_S": "3600",
-                    }
-                    server = start_gateway(port, env, uvloop=args.uvloop)
+                    servers = [start_gateway(port, env, uvloop=args.uvloop)]
                 try:
                     r = asyncio.run(
-                        _stage(f"http://127.0.0.1:{port}", transport, n, args, server.pid)
+                        _stage(
+                            f"http://127.0.0.1:{port}",
+                            transport,
+                            n,
+                            args,
+                            [server.pid for server in servers],
+                        )
                     )
                 finally:
-                    stop(server)
+                    for server in servers:
+                        stop(server)
                 r["path"] = path
                 rows.append(r)
                 print(
@@ -334,6 +364,8 @@ def main() -> None:
                     f"{r['subscriber_cpu']:>6.0%}",
                     flush=True,
                 )
+    if redis_server is not None:
+        stop(redis_server)
     print(json.dumps({"bench": "fanout", "chunk_ms": args.chunk_ms, "rows": rows}))
 
 

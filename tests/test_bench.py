@@ -80,8 +80,10 @@ def test_fanout_bench_reaches_every_subscriber_over_sse_and_ws_beside_the_floor(
     assert [(r["path"], r["transport"], r["subscribers"]) for r in result["rows"]] == [
         ("floor", "sse", 3),
         ("gateway", "sse", 3),
+        ("redis2", "sse", 3),
         ("floor", "ws", 3),
         ("gateway", "ws", 3),
+        ("redis2", "ws", 3),
     ]
     assert all(r["events_to_all"] == r["events"] for r in result["rows"])
     assert "last p95" in out
