@@ -1,292 +1,47 @@
-"""A session's event log: ``seq`` assignment, a bounded replay ring, and fan-out.
+"""A session's event log: ``seq`` assignment and a bounded replay ring, in front of its hub.
 
-Each event is serialised once, at publish, into the two frames it travels in — the SSE chunk
-and the WebSocket text frame — and the same bytes go to every subscriber. A :class:`Record` is
-a ``seq``, a type and those bytes; the ring keeps each as a plain tuple, which the garbage
-collector stops tracking, so thousands of held events add nothing to its walks.
-
-Publishing never awaits. A subscriber whose connection gave its :class:`Sink` and whose writer is
-idle gets each live record written straight to its socket while the socket's send buffer is
-below its bound: no task wakes up. Otherwise the record waits in the subscriber's own bounded
-queue for its writer task. When a subscriber falls behind, its pending interims are coalesced
-(a new ``token`` replaces a pending ``token`` of the same utterance); finals and control events
-are never dropped. Past the hard limits — too many events pending, or the oldest pending one too
-old — the subscriber is cut off with a ``slow_consumer`` error and may come back with the last
-``seq`` it saw. One slow reader costs only itself.
+Each event is serialised once, at publish, into the frames it travels in (a
+:class:`~stt_gateway.hub.Record`); the log keeps the newest in its ring and hands each to the
+session's :class:`~stt_gateway.hub.Hub`, which fans it out to this process's subscribers, and
+to its mirror, if any (the shared store other gateway processes read: :mod:`stt_gateway.cluster`).
+The ring keeps each record as a plain tuple, which the garbage collector stops tracking, so
+thousands of held events add nothing to its walks. Publishing never awaits.
 
 Replay and live delivery meet without gap or duplicate because :meth:`EventLog.subscribe` takes
-its snapshot of the ring and registers the subscriber in one synchronous step: no event can be
-published between the two. The ring is bounded in events and in bytes; a resume from a ``seq``
-the ring no longer holds starts with a ``replay_gap`` error naming the first ``seq`` it can give.
+its snapshot of the ring and joins the hub in one synchronous step: no event can be published
+between the two. The ring is bounded in events and in bytes; a resume from a ``seq`` the ring
+no longer holds starts with a ``replay_gap`` error naming the first ``seq`` it can give. A log
+may also be a *replica*, numbered by another process (:meth:`EventLog.append`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-import struct
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .errors import TooManySubscribers
 from .events import ErrorData, EventData, encode_event, event_type_of
+from .hub import Hub, Record, Subscription
 
 if TYPE_CHECKING:
     from .session import SessionObserver
-
-
-class Record(NamedTuple):
-    """One published event, framed for the wire once.
-
-    Attributes:
-        seq: its ``seq``; ``None`` for an error meant for one subscriber only.
-        event_type: ``token``, ``final``, … (``docs/api.md`` § Events out).
-        sse: the whole SSE event (``id: <seq>`` and ``data: <json>`` lines, CRLF-separated as
-            aiohttp-sse writes them) as one HTTP/1.1 chunk (RFC 9112 §7.1): bytes for the socket.
-        ws: the event JSON as one unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2).
-    """
-
-    seq: int | None
-    event_type: str
-    sse: bytes
-    ws: bytes
-
-    @property
-    def payload(self) -> bytes:
-        """The event JSON, UTF-8."""
-        size = self.ws[1]
-        return self.ws[2 if size < 126 else 4 if size == 126 else 10 :]
-
-    @property
-    def json(self) -> str:
-        """The event JSON as text (what a client receives)."""
-        return self.payload.decode()
-
-    @classmethod
-    def frame(cls, seq: int | None, event_type: str, payload: bytes) -> Record:
-        """Frame ``payload`` (the event JSON, UTF-8) for SSE and WebSocket."""
-        if seq is None:
-            event = b"data: %b\r\n\r\n" % payload
-        else:
-            event = b"id: %d\r\ndata: %b\r\n\r\n" % (seq, payload)
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", 0x81, size)
-        elif size < 1 << 16:
-            header = struct.pack("!BBH", 0x81, 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x81, 127, size)
-        return cls(seq, event_type, b"%x\r\n%b\r\n" % (len(event), event), header + payload)
-
 
 _Frozen = tuple[int | None, str, bytes, bytes]
 """A :class:`Record`'s fields as a plain tuple (see ``EventLog._ring``)."""
 
 
-class Sink(Protocol):
-    """A subscriber's connection, written to directly while it keeps up."""
-
-    def write_now(self, record: Record) -> bool:
-        """Write ``record`` at once if the connection's send buffer is below its bound.
-
-        Returns:
-            whether it was written; ``False`` writes nothing (the record is then queued).
-        """
-        ...
-
-
-SESSION_END = "session_end"
-TOKEN = "token"
-
-
-class Subscription:
-    """One subscriber's view of a log: a replayed backlog, then live records.
-
-    Iterate with ``async for``, or call :meth:`next_or_idle` to learn of idle periods (an SSE
-    heartbeat); iteration ends after the ``session_end`` record, or after a ``slow_consumer``
-    error record (seq ``None``) when the subscriber fell too far behind. A transport that can
-    write frames itself gives its :class:`Sink` with :meth:`attach`: live records then skip the
-    queue and the reader's wake-up while it keeps up.
-
-    Args:
-        log: the log it reads.
-        backlog: records replayed before the live ones.
-        limit: live records pending before the subscriber is cut off.
-        coalesce_after: live records pending before interims are coalesced.
-        max_lag_s: age (s) of the oldest pending live record past which it is cut off.
-    """
-
-    def __init__(
-        self,
-        log: EventLog,
-        backlog: list[Record],
-        limit: int,
-        coalesce_after: int,
-        max_lag_s: float,
-    ) -> None:
-        self._log = log
-        # Replayed records, read from _replayed on; the list is dropped once read. No deques
-        # until needed: an empty deque takes ~760 B, and most subscribers never queue.
-        self._backlog = backlog
-        self._replayed = 0
-        # (monotonic s queued, record), made when a record first has to wait.
-        self._live: deque[tuple[float, Record]] | None = None
-        self._limit = limit
-        self._max_lag_s = max_lag_s
-        self._coalesce_after = coalesce_after
-        self._waiter: asyncio.Future[None] | None = None
-        self._sink: Sink | None = None
-        self._last_out = time.monotonic()  # when a record last went out (s, monotonic)
-        self._cut: Record | None = None
-        self._ended = False
-        self.coalesced = 0
-        """Interims replaced by a newer one before this subscriber read them."""
-
-    @property
-    def pending(self) -> int:
-        """Records waiting to be read (backlog and live)."""
-        return len(self._backlog) - self._replayed + len(self._live or ())
-
-    def attach(self, sink: Sink) -> None:
-        """Let live records go straight to ``sink`` whenever this subscriber's reader is
-        waiting with nothing pending (so order is kept); call once the connection is ready."""
-        self._sink = sink
-
-    def _offer(self, record: Record, now: float) -> bool:
-        """Deliver a live record without waiting; ``False`` when past a hard limit."""
-        waiter = self._waiter
-        if (
-            waiter is not None
-            and self._sink is not None
-            and not waiter.done()
-            and self._sink.write_now(record)
-        ):
-            # The reader is parked with nothing pending, so nothing can be ahead of this
-            # record: it is on the socket with no task woken.
-            self._last_out = now
-            if record.event_type == SESSION_END:
-                self.close()
-            return True
-        live = self._live
-        if live is None:
-            live = self._live = deque()
-        elif live and now - live[0][0] > self._max_lag_s:
-            return False
-        if (
-            record.event_type == TOKEN
-            and len(live) >= self._coalesce_after
-            and live[-1][1].event_type == TOKEN
-        ):
-            # The newest interim of the same utterance supersedes the pending one; it keeps
-            # the older queue time, so coalescing never hides how far behind the reader is.
-            live[-1] = (live[-1][0], record)
-            self.coalesced += 1
-        elif len(live) >= self._limit:
-            return False
-        else:
-            live.append((now, record))
-        self._wake()
-        return True
-
-    def _cut_off(self, record: Record) -> None:
-        self._cut = record
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def next(self) -> Record:
-        """The next record.
-
-        Raises:
-            StopAsyncIteration: the subscription has ended.
-        """
-        record = await self.next_or_idle(None)
-        assert record is not None  # no idle limit, so never idle
-        return record
-
-    async def next_or_idle(self, idle_s: float | None) -> Record | None:
-        """The next record, or ``None`` once nothing has gone out for ``idle_s`` seconds
-        (records written through the sink count). Cancel-safe.
-
-        Raises:
-            StopAsyncIteration: the subscription has ended.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._ended:
-                raise StopAsyncIteration
-            if self._cut is not None:
-                record = self._cut
-            elif self._backlog:
-                record = self._backlog[self._replayed]
-                self._replayed += 1
-                if self._replayed == len(self._backlog):
-                    self._backlog, self._replayed = [], 0
-            elif self._live:
-                record = self._live.popleft()[1]
-            elif self._log.closed:
-                self.close()  # everything up to session_end was already read
-                continue
-            else:
-                now = loop.time()  # time.monotonic(), the clock _offer stamps with
-                if idle_s is not None and now - self._last_out >= idle_s:
-                    self._last_out = now
-                    return None
-                waiter = self._waiter = loop.create_future()
-                # One timer per wait, not per record: while the sink takes every record,
-                # this reader sleeps and the timer fires only when the stream is idle.
-                timer = (
-                    None
-                    if idle_s is None
-                    else loop.call_at(self._last_out + idle_s, _resolve, waiter)
-                )
-                try:
-                    await waiter
-                finally:
-                    self._waiter = None
-                    if timer is not None:
-                        timer.cancel()
-                continue
-            if record is self._cut or record.event_type == SESSION_END:
-                self.close()
-            self._last_out = loop.time()
-            return record
-
-    def __aiter__(self) -> AsyncIterator[Record]:
-        return self
-
-    async def __anext__(self) -> Record:
-        return await self.next()
-
-    def close(self) -> None:
-        """Stop receiving (idempotent); the transport calls this when its peer leaves."""
-        self._ended = True
-        self._log._unsubscribe(self)
-        self._wake()
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class EventLog:
-    """Assigns ``seq`` 1, 2, … to a session's events, keeps the newest for replay, and fans
-    each out to every :class:`Subscription`.
+    """Assigns ``seq`` 1, 2, … to a session's events, keeps the newest for replay, and hands
+    each to the session's :class:`~stt_gateway.hub.Hub` (and mirror).
 
     Args:
         session_id: stamped on every event.
         ring_events: most events kept for replay.
         ring_bytes: most bytes of event JSON kept for replay (the newest event always stays).
-        queue_size: live events a subscriber may have pending before it is cut off; past a
-            half of it, its pending interims are coalesced.
-        max_lag_s: a subscriber whose oldest pending event is older than this is cut off.
-        max_subscribers: subscribers at once.
+        queue_size, max_lag_s, max_subscribers: the hub's subscriber limits (see
+            :class:`~stt_gateway.hub.Hub`).
         observer: told of every publish, coalesced interim and cut (metrics).
     """
 
@@ -310,24 +65,28 @@ class EventLog:
         self._ring_events = ring_events
         self._ring_bytes = ring_bytes
         self._bytes = 0
-        self._queue_size = queue_size
-        self._max_lag_s = max_lag_s
-        self._max_subscribers = max_subscribers
         self._observer = observer
-        self._subscribers: set[Subscription] = set()
-        # _subscribers as a tuple, rebuilt at the first publish after a change: publish iterates
-        # a snapshot (a subscriber may leave during it) without copying the set every event.
-        self._fanout: tuple[Subscription, ...] | None = ()
+        self._hub = Hub(
+            session_id,
+            self._session_id_json,
+            queue_size=queue_size,
+            max_lag_s=max_lag_s,
+            max_subscribers=max_subscribers,
+            observer=observer,
+        )
         self._last_seq = 0
         self._mirror: Callable[[Record], None] | None = None
-        self.closed = False
-        """True once ``session_end`` is published."""
 
     def mirror_to(self, mirror: Callable[[Record], None]) -> None:
         """Hand every record published from now on to ``mirror`` too, in order, as it is
-        stored (a shared store that other processes read: ``cluster.py``). ``mirror`` must
-        not block."""
+        stored (the shared store other processes read: :mod:`stt_gateway.cluster`).
+        ``mirror`` must not block."""
         self._mirror = mirror
+
+    @property
+    def closed(self) -> bool:
+        """True once ``session_end`` is published."""
+        return self._hub.closed
 
     @property
     def last_seq(self) -> int:
@@ -347,7 +106,7 @@ class EventLog:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return self._hub.subscriber_count
 
     def publish(self, data: EventData) -> Record:
         """Wrap ``data`` in its event envelope with the next ``seq``, store it and fan it out.
@@ -360,7 +119,8 @@ class EventLog:
         seq = self._last_seq + 1
         payload = encode_event(data, seq=seq, session_id_json=self._session_id_json)
         record = Record.frame(seq, event_type_of(data), payload)
-        self._deliver(record)
+        self._store(record)
+        self._hub.deliver(record)
         if self._mirror is not None:
             self._mirror(record)
         if self._observer is not None:
@@ -370,52 +130,39 @@ class EventLog:
 
     def append(self, record: Record) -> None:
         """Store and fan out a record numbered elsewhere: this log is a replica of a session
-        another process owns (``cluster.py``). Records arrive in ``seq`` order; one that skips
-        seqs (the shared store lost them) first gives every subscriber a ``replay_gap`` error
-        naming them, so nothing is lost silently. Records at or below ``last_seq`` and records
-        after ``session_end`` are ignored (a re-read after a reconnect).
+        another process owns (:mod:`stt_gateway.cluster`). Records arrive in ``seq`` order; one
+        that skips seqs (the shared store lost them) first gives every subscriber a
+        ``replay_gap`` error naming them, so nothing is lost silently. Records at or below
+        ``last_seq`` and records after ``session_end`` are ignored (a re-read).
         """
         assert record.seq is not None
         if self.closed or record.seq <= self._last_seq:
             return
         if self._last_seq and record.seq > self._last_seq + 1:
-            gap = self._error(
-                "replay_gap",
-                f"events {self._last_seq + 1}–{record.seq - 1} were lost by the shared event "
-                f"store (Redis); the stream goes on at {record.seq} (every final is in "
-                f"GET /sessions/{self.session_id}/transcript)",
+            self._hub.deliver(
+                self._hub.error(
+                    "replay_gap",
+                    f"events {self._last_seq + 1}–{record.seq - 1} were lost by the shared "
+                    f"event store (Redis); the stream goes on at {record.seq} (every final is "
+                    f"in GET /sessions/{self.session_id}/transcript)",
+                )
             )
-            for sub in tuple(self._subscribers):
-                if not sub._offer(gap, time.monotonic()):
-                    self._drop_slow(sub)
-        self._deliver(record)
+        self._store(record)
+        self._hub.deliver(record)
 
     def held(self) -> list[Record]:
         """Every record the ring holds, oldest first."""
         return [Record._make(kept) for kept in self._ring]
 
-    def _deliver(self, record: Record) -> None:
-        """Store ``record`` (the next seq) in the ring and offer it to every subscriber."""
-        assert record.seq is not None
-        seq = self._last_seq = record.seq
+    def _store(self, record: Record) -> None:
+        """Keep ``record`` (the next seq) in the ring, dropping the oldest past its bounds."""
+        seq = self._last_seq = record.seq or 0
         self._ring.append((seq, record.event_type, record.sse, record.ws))
         self._bytes += len(record.ws)
         while len(self._ring) > 1 and (
             len(self._ring) > self._ring_events or self._bytes > self._ring_bytes
         ):
             self._bytes -= len(self._ring.popleft()[3])  # its ws frame
-        if record.event_type == SESSION_END:
-            self.closed = True
-        now = time.monotonic()
-        fanout = self._fanout
-        if fanout is None:
-            fanout = self._fanout = tuple(self._subscribers)
-        for sub in fanout:
-            coalesced = sub.coalesced
-            if not sub._offer(record, now):
-                self._drop_slow(sub)
-            elif sub.coalesced != coalesced and self._observer is not None:
-                self._observer.dropped("coalesced")
 
     def subscribe(self, since: int | None = None) -> Subscription:
         """A subscription to every event after ``since`` that the ring still holds, then live.
@@ -426,50 +173,15 @@ class EventLog:
         Raises:
             TooManySubscribers: ``max_subscribers`` are subscribed already.
         """
-        if len(self._subscribers) >= self._max_subscribers and not self.closed:
-            raise TooManySubscribers(
-                f"session {self.session_id} has its limit of {self._max_subscribers} "
-                f"subscribers; try again when one leaves"
-            )
         first = self.first_held_seq
         start = 0 if since is None else since
         skip = min(len(self._ring), max(0, start - first + 1))
         backlog = [Record._make(kept) for kept in itertools.islice(self._ring, skip, None)]
         if since is not None and since + 1 < first:
-            gap = self._error(
+            gap = self._hub.error(
                 "replay_gap",
                 f"events {since + 1}–{first - 1} are no longer held; replay starts at "
                 f"{first} (every final is in GET /sessions/{self.session_id}/transcript)",
             )
             backlog.insert(0, gap)
-        sub = Subscription(
-            self, backlog, self._queue_size, max(1, self._queue_size // 2), self._max_lag_s
-        )
-        if not self.closed:
-            self._subscribers.add(sub)
-            self._fanout = None
-        return sub
-
-    def _unsubscribe(self, sub: Subscription) -> None:
-        if sub in self._subscribers:
-            self._subscribers.discard(sub)
-            self._fanout = None
-
-    def _drop_slow(self, sub: Subscription) -> None:
-        self._unsubscribe(sub)
-        if self._observer is not None:
-            self._observer.dropped("slow_consumer")
-        sub._cut_off(
-            self._error(
-                "slow_consumer",
-                f"this subscriber fell {self._queue_size} events behind and was cut off; "
-                f"reconnect with the last seq it received to resume",
-            )
-        )
-
-    def _error(self, code: str, message: str) -> Record:
-        """An ``error`` record for one subscriber only: not in the log, no seq."""
-        data = ErrorData(code=code, message=message)
-        return Record.frame(
-            None, "error", encode_event(data, seq=None, session_id_json=self._session_id_json)
-        )
+        return self._hub.join(backlog)

@@ -36,7 +36,7 @@ from .errors import (
     SessionClosed,
     UnsupportedAudio,
 )
-from .eventlog import EventLog, Record, Subscription
+from .eventlog import EventLog
 from .events import (
     EngineResult,
     ErrorData,
@@ -46,6 +46,7 @@ from .events import (
     SpeechStartData,
     TokenData,
 )
+from .hub import Record, Subscription
 from .models import Segment, SessionConfig, SessionInfo, SessionState, Transcript
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from stt_gateway.eventlog import EventLog, Record, Subscription
+from stt_gateway.eventlog import EventLog
 from stt_gateway.events import (
     EVENT_ADAPTER,
     FinalData,
@@ -16,6 +16,7 @@ from stt_gateway.events import (
     SpeechStartData,
     TokenData,
 )
+from stt_gateway.hub import Record, Subscription
 
 
 def make_log(ring_events: int = 100, ring_bytes: int = 10**6, queue_size: int = 100) -> EventLog:

@@ -17,8 +17,8 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import SessionNotFound
-from ..eventlog import SESSION_END
 from ..events import FinalEvent, SessionEndData, encode_event
+from ..hub import SESSION_END
 from ..models import Segment, SessionInfo, Transcript
 from .keys import (
     LIVE,

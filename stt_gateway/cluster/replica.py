@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from redis import asyncio as aioredis
 
-from ..eventlog import EventLog, Record, Subscription
+from ..eventlog import EventLog
+from ..hub import Record, Subscription
 from ..models import SessionState
 from .keys import SessionRecord, events_key, seq_of, wake_key
 from .retry import retrying

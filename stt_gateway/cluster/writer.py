@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..eventlog import SESSION_END, Record
+from ..hub import SESSION_END, Record
 from .keys import LIVE, entry_id, finals_key, node_key, seq_of, session_keys
 from .retry import retrying
 

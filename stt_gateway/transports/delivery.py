@@ -1,6 +1,6 @@
 """Writing a subscriber's events to its socket: the frames built once at publish, no re-framing.
 
-:class:`FrameSink` is the :class:`~stt_gateway.eventlog.Sink` of one SSE or WebSocket
+:class:`FrameSink` is the :class:`~stt_gateway.hub.Sink` of one SSE or WebSocket
 connection. While the connection keeps up, the event log writes each live event's shared frame
 bytes straight to its transport (``write_now``); when it is behind, the connection's writer
 task sends queued events with :meth:`FrameSink.send`, which waits for the transport to drain
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from ..eventlog import Record
+from ..hub import Record
 from ..settings import Settings
 
 SSE_FRAME: Callable[[Record], bytes] = operator.attrgetter("sse")

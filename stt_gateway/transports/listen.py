@@ -54,7 +54,6 @@ from .. import __version__
 from .. import deepgram_wire as wire
 from ..decode import SNIFF_BYTES, Container, Encoding, describe, sniff
 from ..errors import BadControlMessage, GatewayError, UnsupportedAudio
-from ..eventlog import Subscription
 from ..events import (
     EVENT_ADAPTER,
     FinalData,
@@ -63,6 +62,7 @@ from ..events import (
     SpeechStartEvent,
     TokenEvent,
 )
+from ..hub import Subscription
 from ..models import SessionConfig
 from ..session import Session
 from .auth import WS_PROTOCOLS

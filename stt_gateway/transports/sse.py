@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from ..cluster import Replica
-from ..eventlog import Record
 from ..events import HeartbeatData, make_event
+from ..hub import Record
 from ..session import Session
 from .common import (
     METRICS,

@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from ..auth import Scope
 from ..cluster import Replica
 from ..errors import BadControlMessage, BadRequestBody, Forbidden, GatewayError
-from ..eventlog import Subscription
 from ..events import ErrorData, make_event
+from ..hub import Subscription
 from ..models import ControlMessage
 from ..session import Session
 from .auth import WS_PROTOCOLS
