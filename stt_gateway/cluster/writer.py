@@ -23,7 +23,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..hub import SESSION_END, Record
-from .keys import LIVE, entry_id, finals_key, node_key, seq_of, session_keys
+from .keys import LIVE, finals_key, node_key, seq_of, session_keys
 from .retry import retrying
 
 if TYPE_CHECKING:
@@ -32,39 +32,47 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL = "final"
+ROUND_S = 0.005
+"""How long a writing round gathers records before it writes them (s)."""
 
 _APPEND = """
 -- Append the records of one or more sessions, each only while Redis still holds that
 -- session's record under its writer's epoch. Returns 1 (written) or 0 (nothing) per session.
--- KEYS: live, then per session: record, events, finals.
--- ARGV: maxlen, retention_ms, then per session: n, epoch, state, audio_seconds, last_seq,
---   ended (0/1), session_id, push_finals (0/1), then n x (entry id, type, json).
-local out = {}
-local a = 3
-for k = 2, #KEYS, 3 do
-  local record, events, finals = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local last = a + 7 + 3 * tonumber(ARGV[a])
-  if redis.call('HGET', record, 'epoch') ~= ARGV[a + 1] then
-    out[#out + 1] = 0
-  else
-    for i = a + 8, last, 3 do
-      redis.call('XADD', events, 'MAXLEN', '~', ARGV[1], ARGV[i],
-        't', ARGV[i + 1], 'j', ARGV[i + 2])
-      if ARGV[a + 7] == '1' and ARGV[i + 1] == 'final' then
-        redis.call('RPUSH', finals, ARGV[i + 2])
-      end
+-- ARGV[1]: MAXLEN of a stream; ARGV[2]: retention (ms) of an ended session's keys; ARGV[3]:
+-- the round, one blob (one argument to pack, not several per record): per session a line
+-- "<id> <epoch> <state> <audio_seconds> <ended 0/1> <push_finals 0/1> <first seq> <n>", then
+-- n records, each a line "<type> <bytes>" and that many bytes of event JSON. The keys are
+-- named here from the session ids (stt:s:<id>…): this is one standalone Redis.
+local blob, pos, out = ARGV[3], 1, {}
+while pos <= #blob do
+  local eol = string.find(blob, '\n', pos, true)
+  local id, epoch, state, audio, ended, push, first, n = string.match(
+    string.sub(blob, pos, eol - 1), '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%d+) (%d+)$')
+  pos = eol + 1
+  first, n = tonumber(first), tonumber(n)
+  local record = 'stt:s:' .. id
+  local events, finals = record .. ':events', record .. ':finals'
+  local ok = redis.call('HGET', record, 'epoch') == epoch
+  for i = 0, n - 1 do
+    eol = string.find(blob, '\n', pos, true)
+    local kind, size = string.match(string.sub(blob, pos, eol - 1), '^(%S+) (%d+)$')
+    local json = string.sub(blob, eol + 1, eol + tonumber(size))
+    pos = eol + tonumber(size) + 1
+    if ok then
+      redis.call('XADD', events, 'MAXLEN', '~', ARGV[1], (first + i) .. '-0', 't', kind, 'j', json)
+      if push == '1' and kind == 'final' then redis.call('RPUSH', finals, json) end
     end
-    redis.call('HSET', record, 'state', ARGV[a + 2], 'audio_seconds', ARGV[a + 3],
-      'last_seq', ARGV[a + 4])
-    if ARGV[a + 5] == '1' then
-      redis.call('SREM', KEYS[1], ARGV[a + 6])
+  end
+  if ok then
+    redis.call('HSET', record, 'state', state, 'audio_seconds', audio, 'last_seq', first + n - 1)
+    if ended == '1' then
+      redis.call('SREM', 'stt:live', id)
       redis.call('PEXPIRE', record, ARGV[2])
       redis.call('PEXPIRE', events, ARGV[2])
       redis.call('PEXPIRE', finals, ARGV[2])
     end
-    out[#out + 1] = 1
   end
-  a = last + 1
+  out[#out + 1] = ok and 1 or 0
 end
 return out
 """
@@ -89,23 +97,24 @@ class SessionWriter:
         self.pending.append(record)
         self._publisher.mark(self)
 
-    def args(self, records: list[Record], push_finals: bool = True) -> list[str | bytes | int]:
-        """This session's part of the append script's ARGV for ``records`` (at least one)."""
+    def part(self, records: list[Record], push_finals: bool = True) -> bytes:
+        """This session's part of an append round for ``records`` (consecutive seqs, at least
+        one): see the script's format."""
         s = self.session
         ended = records[-1].event_type == SESSION_END
-        args: list[str | bytes | int] = [
+        head = b"%s %s %s %r %d %d %d %d\n" % (
+            self.id.encode(),
+            self.epoch.encode(),
+            b"closed" if ended else s.state.encode(),
+            s.audio_seconds,
+            ended,
+            push_finals,
+            records[0].seq or 0,
             len(records),
-            self.epoch,
-            "closed" if ended else s.state,
-            repr(s.audio_seconds),
-            records[-1].seq or 0,
-            int(ended),
-            self.id,
-            int(push_finals),
-        ]
-        for record in records:
-            args += [entry_id(record.seq), record.event_type, record.payload]
-        return args
+        )
+        return head + b"".join(
+            b"%s %d\n%s" % (r.event_type.encode(), len(r.payload), r.payload) for r in records
+        )
 
     def wrote(self, records: list[Record]) -> None:
         self.written = records[-1].seq or 0
@@ -208,6 +217,9 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # Let the round gather what every session publishes meanwhile: one script call
+            # then carries many records (a replica's subscribers get them this much later).
+            await asyncio.sleep(ROUND_S)
             self._wake.clear()
             round_ = [(w, w.pending) for w in self._dirty.values() if not w.resyncing]
             self._dirty = {k: w for k, w in self._dirty.items() if w.resyncing}
@@ -234,12 +246,9 @@ class Publisher:
         self, round_: list[tuple[SessionWriter, list[Record]]], push_finals: bool = True
     ) -> list[bool]:
         """One script call for every session of ``round_``; whether each was written."""
-        keys: list[str] = [LIVE]
-        args: list[str | bytes | int] = [self._ring_events, self._retention_ms]
-        for writer, records in round_:
-            keys += writer.keys
-            args += writer.args(records, push_finals)
-        return [bool(ok) for ok in await self._script(keys=keys, args=args)]
+        blob = b"".join(writer.part(records, push_finals) for writer, records in round_)
+        written = await self._script(args=[self._ring_events, self._retention_ms, blob])
+        return [bool(ok) for ok in written]
 
     def _resync(self, writer: SessionWriter) -> None:
         writer.resyncing = True
