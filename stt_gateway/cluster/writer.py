@@ -45,7 +45,7 @@ _APPEND = """
 -- named here from the session ids (stt:s:<id>…): this is one standalone Redis.
 local blob, pos, out = ARGV[3], 1, {}
 while pos <= #blob do
-  local eol = string.find(blob, '\n', pos, true)
+  local eol = string.find(blob, '\\n', pos, true)
   local id, epoch, state, audio, ended, push, first, n = string.match(
     string.sub(blob, pos, eol - 1), '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%d+) (%d+)$')
   pos = eol + 1
@@ -54,7 +54,7 @@ while pos <= #blob do
   local events, finals = record .. ':events', record .. ':finals'
   local ok = redis.call('HGET', record, 'epoch') == epoch
   for i = 0, n - 1 do
-    eol = string.find(blob, '\n', pos, true)
+    eol = string.find(blob, '\\n', pos, true)
     local kind, size = string.match(string.sub(blob, pos, eol - 1), '^(%S+) (%d+)$')
     local json = string.sub(blob, eol + 1, eol + tonumber(size))
     pos = eol + tonumber(size) + 1
