@@ -273,3 +273,24 @@ async def test_workers_without_redis_are_refused_with_the_reason() -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert "STT_GATEWAY_REDIS_URL" in err.decode()
+
+
+async def test_with_redis_down_new_sessions_get_503_and_a_live_one_goes_on_locally(
+    redis_server: RedisServer, start_process: StartProcess, http: aiohttp.ClientSession
+) -> None:
+    a = await start_process()
+    c = clip("goforward")
+    session_id = (await create_session(http, a.base))["session_id"]
+    await redis_server.stop()
+    async with http.post(f"{a.base}/sessions", json={"config": {}}) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "store_unavailable"
+        assert "Retry-After" in resp.headers
+    async with http.get(f"{a.base}/sessions/{'0' * 32}") as resp:  # only Redis could know it
+        assert resp.status == 503
+    on_a = Received()
+    follower = asyncio.create_task(follow_sse(http, f"{a.base}/sessions/{session_id}/stream", on_a))
+    producer = await stream_ws(http, a.base, session_id, c.pcm)
+    await follower
+    assert producer.of_type("final")
+    assert on_a.logged == producer.logged
