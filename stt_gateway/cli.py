@@ -253,7 +253,7 @@ async def serve_shared(app: web.Application, settings: Settings, reuse_port: boo
         own = URL(settings.node_url) if settings.node_url else None
         private = web.TCPSite(runner, settings.host, own.port if own else 0)
         await private.start()
-        port = private._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[-1][1]  # the private site's, started last
         host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         node_url = settings.node_url or f"http://{host}:{port}"
         await start_cluster(app, node_url)

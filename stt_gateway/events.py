@@ -92,7 +92,10 @@ class ErrorData(_Data):
 class SessionEndData(_Data):
     """The last event of a session."""
 
-    reason: str = Field(description="client_closed, idle_timeout, engine_error, shutdown, …")
+    reason: str = Field(
+        description="client_closed, idle_timeout, engine_error, shutdown, node_lost (its "
+        "gateway process was lost), …"
+    )
     audio_seconds: float = Field(description="s of audio the session received")
 
 
