@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -182,12 +183,48 @@ class Segment(BaseModel):
     channel: int | None = Field(None, description="multichannel sessions: its channel")
 
 
+class _FinalLike(Protocol):
+    """A final as the transcript needs it (read-only: a final event's data or a kept tuple)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def source(self) -> Literal["interim"] | None: ...
+    @property
+    def channel(self) -> int | None: ...
+
+
 class Transcript(BaseModel):
     """``GET /sessions/{id}/transcript``: every final so far, in order."""
 
     session_id: str
     text: str = Field(description="the finals' texts joined by single spaces")
     segments: list[Segment]
+
+    @classmethod
+    def of(cls, session_id: str, finals: Sequence[_FinalLike]) -> Transcript:
+        """The transcript of ``finals`` (anything with a final's text, span and source)."""
+        return cls(
+            session_id=session_id,
+            text=" ".join(f.text for f in finals),
+            segments=[
+                Segment(
+                    text=f.text,
+                    start=f.start,
+                    end=f.end,
+                    confidence=f.confidence,
+                    source=f.source,
+                    channel=f.channel,
+                )
+                for f in finals
+            ],
+        )
 
 
 class SessionClosedBody(BaseModel):

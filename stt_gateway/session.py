@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from pydantic import TypeAdapter
 
@@ -47,7 +47,7 @@ from .events import (
     TokenData,
 )
 from .hub import Record, Subscription
-from .models import Segment, SessionConfig, SessionInfo, SessionState, Transcript
+from .models import SessionConfig, SessionInfo, SessionState, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class _Final(NamedTuple):
     start: float
     end: float
     confidence: float
-    source: str | None
+    source: Literal["interim"] | None
     channel: int | None
     record: Record
 
@@ -626,21 +626,7 @@ class Session:
 
     def transcript(self) -> Transcript:
         """Every final so far, in order."""
-        return Transcript(
-            session_id=self.id,
-            text=" ".join(f.text for f in self._finals),
-            segments=[
-                Segment(
-                    text=f.text,
-                    start=f.start,
-                    end=f.end,
-                    confidence=f.confidence,
-                    source=f.source,
-                    channel=f.channel,
-                )
-                for f in self._finals
-            ],
-        )
+        return Transcript.of(self.id, self._finals)
 
     def info(self) -> SessionInfo:
         """A snapshot for ``GET /sessions/{id}``."""

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from ..errors import SessionNotFound
 from ..events import FinalEvent, SessionEndData, encode_event
 from ..hub import SESSION_END
-from ..models import Segment, SessionInfo, Transcript
+from ..models import SessionInfo, Transcript
 from .keys import (
     LIVE,
     SessionRecord,
@@ -212,21 +212,7 @@ class Cluster:
         if not exists:
             raise SessionNotFound(session_id)
         finals = [_FINAL_EVENT.validate_json(p).data for p in payloads]
-        return Transcript(
-            session_id=session_id,
-            text=" ".join(f.text for f in finals),
-            segments=[
-                Segment(
-                    text=f.text,
-                    start=f.start,
-                    end=f.end,
-                    confidence=f.confidence,
-                    source=f.source,
-                    channel=f.channel,
-                )
-                for f in finals
-            ],
-        )
+        return Transcript.of(session_id, finals)
 
     # -- liveness --------------------------------------------------------------------------
 
