@@ -168,7 +168,10 @@ class EventLog:
         """A subscription to every event after ``since`` that the ring still holds, then live.
 
         ``since=None`` starts at the oldest event held. A ``since`` older than the ring starts
-        with a ``replay_gap`` error (no seq) naming the first seq that follows.
+        with a ``replay_gap`` error (no seq) naming the first seq that follows. A ``since``
+        beyond ``last_seq`` gets the events after it as they come (``docs/api.md``: "every
+        event after that seq"): a replica can be behind the owner a resuming client last read
+        from, and must not give it again what it already has.
 
         Raises:
             TooManySubscribers: ``max_subscribers`` are subscribed already.
@@ -184,4 +187,4 @@ class EventLog:
                 f"{first} (every final is in GET /sessions/{self.session_id}/transcript)",
             )
             backlog.insert(0, gap)
-        return self._hub.join(backlog)
+        return self._hub.join(backlog, after=start)

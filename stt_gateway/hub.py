@@ -104,6 +104,9 @@ class Subscription:
     Args:
         hub: the hub delivering to it.
         backlog: records replayed before the live ones.
+        after: live records with a ``seq`` at or below this are skipped (the subscriber
+            already has them: it resumed from a position its log had not reached yet, as a
+            replica behind the owner it last read from can be).
         limit: live records pending before the subscriber is cut off.
         coalesce_after: live records pending before interims are coalesced.
         max_lag_s: age (s) of the oldest pending live record past which it is cut off.
@@ -113,11 +116,13 @@ class Subscription:
         self,
         hub: Hub,
         backlog: list[Record],
+        after: int,
         limit: int,
         coalesce_after: int,
         max_lag_s: float,
     ) -> None:
         self._hub = hub
+        self._after = after
         # Replayed records, read from _replayed on; the list is dropped once read. No deques
         # until needed: an empty deque takes ~760 B, and most subscribers never queue.
         self._backlog = backlog
@@ -147,6 +152,10 @@ class Subscription:
 
     def _offer(self, record: Record, now: float) -> bool:
         """Deliver a live record without waiting; ``False`` when past a hard limit."""
+        if record.seq is not None and record.seq <= self._after:
+            if record.event_type == SESSION_END:
+                self._wake()  # nothing more will come: the reader ends (hub closed)
+            return True
         waiter = self._waiter
         if (
             waiter is not None
@@ -321,8 +330,9 @@ class Hub:
             elif sub.coalesced != coalesced and self._observer is not None:
                 self._observer.dropped("coalesced")
 
-    def join(self, backlog: list[Record]) -> Subscription:
-        """A subscription that reads ``backlog`` first, then every record delivered from now.
+    def join(self, backlog: list[Record], after: int = 0) -> Subscription:
+        """A subscription that reads ``backlog`` first, then every record delivered from now
+        whose ``seq`` is above ``after`` (errors without seq always).
 
         Raises:
             TooManySubscribers: ``max_subscribers`` are subscribed already.
@@ -333,7 +343,7 @@ class Hub:
                 f"subscribers; try again when one leaves"
             )
         sub = Subscription(
-            self, backlog, self._queue_size, max(1, self._queue_size // 2), self._max_lag_s
+            self, backlog, after, self._queue_size, max(1, self._queue_size // 2), self._max_lag_s
         )
         if not self.closed:
             self._subscribers.add(sub)

@@ -54,6 +54,30 @@ async def test_subscribe_since_replays_the_rest_then_goes_live_without_gap_or_du
     assert [r.seq for r in await drain(sub)] == [4, 5, 6, 7, 8]
 
 
+async def test_a_replica_behind_the_resume_position_gives_only_the_events_after_it() -> None:
+    # The owner's log, and a replica that has only its first three events when a client
+    # resumes on it from seq 5 (read from the owner): 4 and 5 must not reach the client again.
+    owner = make_log()
+    publish(owner, 7)
+    owner.publish(SessionEndData(reason="client_closed", audio_seconds=0.0))
+    records = [Record._make(kept) for kept in owner.held()]
+    replica = make_log()
+    for record in records[:3]:
+        replica.append(record)
+    sub = replica.subscribe(since=5)
+    for record in records[3:]:
+        replica.append(record)
+    assert [r.seq for r in await drain(sub)] == [6, 7, 8]
+    # Resumed past session_end on a replica that has not read it yet: nothing, and the
+    # subscription still ends with the session.
+    late = make_log()
+    late.append(records[0])
+    sub = late.subscribe(since=8)
+    for record in records[1:]:
+        late.append(record)
+    assert await asyncio.wait_for(drain(sub), 1) == []
+
+
 async def test_subscribe_starts_at_the_oldest_event_the_ring_holds() -> None:
     log = make_log(ring_events=4)
     publish(log, 10)
