@@ -16,6 +16,7 @@ from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
 from .engines.whisper import WhisperEngineProvider
 from .engines.workers import WorkerPool
+from .llm import OpenAIChat
 from .metrics import GatewayMetrics
 from .registry import SessionRegistry
 from .settings import Settings
@@ -89,6 +90,16 @@ def create_app(
     engines = (providers or _default_providers(settings))(workers)
     metrics = GatewayMetrics()
     registry = SessionRegistry(settings, engines, metrics)
+    summarizer = None
+    if settings.llm_url is not None and settings.llm_model is not None:
+        summarizer = registry.summarizer = OpenAIChat(
+            settings.llm_url,
+            settings.llm_model,
+            settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            timeout_s=settings.llm_timeout_s,
+            context_tokens=settings.llm_context_tokens,
+            max_tokens=settings.llm_max_tokens,
+        )
     metrics.watch(registry)
     app[SETTINGS] = settings
     app[WORKERS] = workers
@@ -132,6 +143,8 @@ def create_app(
             registry.cluster = None
         for provider in engines.values():
             await provider.close()
+        if summarizer is not None:
+            await summarizer.close()
         await workers.close()
 
     async def close_sessions(app: web.Application) -> None:

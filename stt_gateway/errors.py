@@ -28,6 +28,8 @@
     │   ├── UnsupportedAudio     unsupported_audio    415    (POST: unsupported_media_type)
     │   └── ChunkTooLarge        chunk_too_large      413
     ├── BadControlMessage        bad_control          —      error event, socket stays open
+    ├── SummaryFailed            summary_failed       502    error event (to every subscriber)
+    ├── SummaryUnavailable       summary_unavailable  422    — (no LLM configured)
     └── EngineError              engine_error         500    error event
         ├── EngineUnavailable    engine_unavailable   422    —
         └── UpstreamError        upstream_*           502/503 error event (Deepgram)
@@ -281,6 +283,22 @@ class BadControlMessage(GatewayError):
 
     code = "bad_control"
     status = 400
+
+
+class SummaryFailed(GatewayError):
+    """The LLM endpoint did not give a summary: down, over ``llm_timeout_s``, refusing
+    (401/429/…), or answering what is not an OpenAI chat stream. The message says which; it
+    never holds the endpoint's key. The session goes on (or ends as it was going to)."""
+
+    code = "summary_failed"
+    status = 502
+
+
+class SummaryUnavailable(GatewayError):
+    """A summary was asked of a gateway with no LLM endpoint (``STT_GATEWAY_LLM_URL``)."""
+
+    code = "summary_unavailable"
+    status = 422
 
 
 class EngineError(GatewayError):

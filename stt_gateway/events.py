@@ -99,6 +99,25 @@ class SessionEndData(_Data):
     audio_seconds: float = Field(description="s of audio the session received")
 
 
+class SummaryTokenData(_Data):
+    """The next piece of a summary as the LLM streams it (append the pieces in ``seq`` order)."""
+
+    text: str
+
+
+class SummaryData(_Data):
+    """A whole summary of the transcript so far (``docs/api.md`` v2, "Summary at the end")."""
+
+    text: str
+    model: str = Field(description="the LLM that wrote it")
+    segments_left_out: int = Field(
+        0,
+        ge=0,
+        description="the oldest finals left out of the prompt to fit the model's context "
+        "(0: the summary saw the whole transcript)",
+    )
+
+
 EngineResult = TokenData | FinalData | SpeechStartData | SpeechEndData | ErrorData
 """What an engine yields; the session wraps each in its event envelope."""
 
@@ -143,6 +162,16 @@ class ErrorEvent(_Envelope):
     data: ErrorData
 
 
+class SummaryTokenEvent(_Envelope):
+    event_type: Literal["summary_token"] = "summary_token"
+    data: SummaryTokenData
+
+
+class SummaryEvent(_Envelope):
+    event_type: Literal["summary"] = "summary"
+    data: SummaryData
+
+
 class SessionEndEvent(_Envelope):
     event_type: Literal["session_end"] = "session_end"
     data: SessionEndData
@@ -155,6 +184,8 @@ Event = Annotated[
     | SpeechEndEvent
     | HeartbeatEvent
     | ErrorEvent
+    | SummaryTokenEvent
+    | SummaryEvent
     | SessionEndEvent,
     Field(discriminator="event_type"),
 ]
@@ -170,6 +201,8 @@ EventData = (
     | SpeechEndData
     | HeartbeatData
     | ErrorData
+    | SummaryTokenData
+    | SummaryData
     | SessionEndData
 )
 """Any event's ``data``."""
@@ -181,6 +214,8 @@ _ENVELOPE_FOR: dict[type[_Data], type[_Envelope]] = {
     SpeechEndData: SpeechEndEvent,
     HeartbeatData: HeartbeatEvent,
     ErrorData: ErrorEvent,
+    SummaryTokenData: SummaryTokenEvent,
+    SummaryData: SummaryEvent,
     SessionEndData: SessionEndEvent,
 }
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .auth import Scope
+from .events import SummaryData
 
 
 def _whole_number(value: Any) -> Any:
@@ -22,6 +23,26 @@ EngineName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 """An engine's config name: ``local``, ``whisper`` and ``deepgram`` come with the gateway; the
 set is open (a deployment or a test registers its own), so the registry, not this type, says
 which names serve here."""
+
+
+class SummaryOptions(BaseModel):
+    """How a session's summary is asked for (``docs/api.md`` v2, "Summary at the end")."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4000,
+        description="instructions to the LLM in place of the gateway's (the transcript, with "
+        "its times, follows them)",
+    )
+    language: str | None = Field(
+        None,
+        min_length=2,
+        max_length=35,
+        description="language to write the summary in; default: the session's language",
+    )
 
 
 class SessionConfig(BaseModel):
@@ -81,6 +102,20 @@ class SessionConfig(BaseModel):
     utterance_end_ms: (
         Annotated[int, Field(ge=1000, le=5000), BeforeValidator(_whole_number)] | None
     ) = Field(None, description="gap after the last word (ms) that sends speech_end")
+
+    summary: bool | SummaryOptions = Field(
+        False,
+        description="true or {prompt, language}: when the session ends, after its last final "
+        "and before session_end, an LLM's summary streams as summary_token events and one "
+        "summary event (needs the gateway's STT_GATEWAY_LLM_URL; /info says)",
+    )
+
+    @property
+    def summary_options(self) -> SummaryOptions | None:
+        """The summary asked for at the end, if any."""
+        if isinstance(self.summary, SummaryOptions):
+            return self.summary
+        return SummaryOptions() if self.summary else None
 
     @model_validator(mode="after")
     def _multichannel_needs_channels(self) -> SessionConfig:
@@ -168,6 +203,7 @@ class SessionInfo(BaseModel):
         description="s of audio the engine has taken and not yet recognised; a producer is "
         "held back while it is at the max_audio_lead_s limit",
     )
+    summary: SummaryData | None = Field(None, description="the newest summary, if any")
 
 
 class Segment(BaseModel):
@@ -206,12 +242,18 @@ class Transcript(BaseModel):
     session_id: str
     text: str = Field(description="the finals' texts joined by single spaces")
     segments: list[Segment]
+    summary: SummaryData | None = Field(
+        None, description="the newest summary (config summary, or POST …/summary), if any"
+    )
 
     @classmethod
-    def of(cls, session_id: str, finals: Sequence[_FinalLike]) -> Transcript:
+    def of(
+        cls, session_id: str, finals: Sequence[_FinalLike], summary: SummaryData | None = None
+    ) -> Transcript:
         """The transcript of ``finals`` (anything with a final's text, span and source)."""
         return cls(
             session_id=session_id,
+            summary=summary,
             text=" ".join(f.text for f in finals),
             segments=[
                 Segment(

@@ -21,6 +21,9 @@ from .events import (
     SessionEndEvent,
     SpeechEndEvent,
     SpeechStartEvent,
+    SummaryData,
+    SummaryEvent,
+    SummaryTokenEvent,
     TokenEvent,
 )
 from .models import (
@@ -55,6 +58,8 @@ _EVENT_EXAMPLES: dict[type[BaseModel], dict[str, Any]] = {
         "code": "odd_byte_count",
         "message": "the audio chunk has 3 bytes, an odd count: PCM16 needs 2 bytes per sample",
     },
+    SummaryTokenEvent: {"text": " forward"},
+    SummaryEvent: {"text": "The speaker asks to go forward ten meters.", "model": "llama3.2"},
     SessionEndEvent: {"reason": "client_closed", "audio_seconds": 2.786},
 }
 _EVENTS = list(_EVENT_EXAMPLES)
@@ -205,6 +210,21 @@ def _paths() -> dict[str, Any]:
                 "summary": "Every final so far",
                 "operationId": "getTranscript",
                 "responses": {"200": _json(Transcript, "the transcript"), **not_found},
+            },
+        },
+        "/sessions/{id}/summary": {
+            "parameters": _SESSION_ID,
+            "post": {
+                "summary": "A summary of the transcript so far, streamed on the session's "
+                "events (summary_token…, summary); the session goes on",
+                "operationId": "postSummary",
+                "responses": {
+                    "200": _json(SummaryData, "the summary event's data, once written"),
+                    **not_found,
+                    "409": _error("the session is closed"),
+                    "422": _error("summary_unavailable: the gateway has no LLM endpoint"),
+                    "502": _error("summary_failed: the LLM endpoint failed (also an error event)"),
+                },
             },
         },
         "/sessions/{id}/audio": {

@@ -27,6 +27,7 @@ from .metrics import GatewayMetrics
 from .models import SessionConfig
 from .session import Session, SessionLimits
 from .settings import Settings
+from .summary import Summarizer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class SessionRegistry:
         self._metrics = metrics
         self.cluster: Cluster | None = None
         """The processes sharing sessions on Redis (``redis_url``), once started."""
+        self.summarizer: Summarizer | None = None
+        """The LLM that writes session summaries (``llm_url``), if any."""
         self._sessions: dict[str, Session] = {}
         self.removed_audio_seconds: dict[str, float] = {}
         """Audio seconds of sessions already removed, by engine (metrics are counters)."""
@@ -94,8 +97,13 @@ class SessionRegistry:
 
         Raises:
             EngineUnavailable: that engine cannot serve on this install.
-            InvalidConfig: a value the engine cannot honour.
+            InvalidConfig: a value the engine cannot honour, or a summary without an LLM.
         """
+        if config.summary_options is not None and self.summarizer is None:
+            raise InvalidConfig(
+                "summary: this gateway has no LLM endpoint for summaries "
+                "(STT_GATEWAY_LLM_URL); GET /info says whether it has one"
+            )
         name = config.engine or self._settings.default_engine
         provider = self._provider("engine", name)
         resolved = provider.resolve(config.model_copy(update={"engine": name}))
@@ -200,6 +208,7 @@ class SessionRegistry:
             self._limits,
             on_closed=self._closed,
             observer=self._metrics.observer(provider.name) if self._metrics else None,
+            summarizer=self.summarizer,
         )
         self._live += 1
         try:

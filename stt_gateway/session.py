@@ -10,13 +10,15 @@ connection that feeds with a ``producer`` identity holds the session's audio unt
 :meth:`Session.release_producer`; audio from anyone else meanwhile raises ``ProducerConflict``
 (two streams interleaved into one recogniser would garble both). One pump task turns the
 engine's results into events. :meth:`Session.close` asks the engine to flush, waits (bounded)
-for its last results, publishes ``session_end`` and returns the transcript; it is idempotent
-and every caller gets the same outcome.
+for its last results, streams the summary if the config asks for one (:mod:`~stt_gateway.summary`),
+publishes ``session_end`` and returns the transcript; it is idempotent and every caller gets
+the same outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -34,6 +36,8 @@ from .errors import (
     GatewayError,
     ProducerConflict,
     SessionClosed,
+    SummaryFailed,
+    SummaryUnavailable,
     UnsupportedAudio,
 )
 from .eventlog import EventLog
@@ -44,10 +48,13 @@ from .events import (
     FinalEvent,
     SessionEndData,
     SpeechStartData,
+    SummaryData,
+    SummaryTokenData,
     TokenData,
 )
 from .hub import Record, Subscription
-from .models import SessionConfig, SessionInfo, SessionState, Transcript
+from .models import SessionConfig, SessionInfo, SessionState, SummaryOptions, Transcript
+from .summary import Summarizer, build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +160,7 @@ class Session:
         limits: what it may hold and how long it waits.
         on_closed: called once, after ``session_end`` is published.
         observer: told of events, latencies and drops (metrics).
+        summarizer: the LLM that writes summaries (``None``: the gateway has none).
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class Session:
         *,
         on_closed: Callable[[Session], None] = lambda _s: None,
         observer: SessionObserver | None = None,
+        summarizer: Summarizer | None = None,
     ) -> None:
         self.id = session_id
         self.config = config
@@ -212,6 +221,10 @@ class Session:
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
         self._ended = asyncio.Event()  # set once session_end is published
+        self._summarizer = summarizer
+        self._summarizing: asyncio.Task[SummaryData] | None = None
+        self.summary: SummaryData | None = None
+        """The newest summary published, if any."""
         self.remote_subscribers = 0
         """Subscribers on other gateway processes (kept up to date by ``cluster.py``)."""
 
@@ -454,6 +467,13 @@ class Session:
                         ),
                     )
                 )
+        if self._summarizing is not None:
+            # One asked for mid-session finishes first (within its time limit): nothing may
+            # follow session_end.
+            await asyncio.wait({self._summarizing})
+        if (options := self.config.summary_options) is not None and self._summarizer is not None:
+            with contextlib.suppress(SummaryFailed):  # published as summary_failed
+                await self._summarize(options)
         self._stream.close()
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
         self._observer.ended(reason)
@@ -591,6 +611,65 @@ class Session:
         if self._closing is not None or (self._pump is not None and self._pump.done()):
             raise SessionClosed(f"session {self.id} is {self._state} and takes no more input")
 
+    # -- summary ---------------------------------------------------------------------------
+
+    async def summarize(self) -> SummaryData:
+        """A summary of the transcript so far, mid-session: ``summary_token`` events, then one
+        ``summary``, on the session's stream; the session goes on. A call while one is being
+        written gets that one.
+
+        Raises:
+            SummaryUnavailable: the gateway has no LLM.
+            SessionClosed: the session is closing or closed (its summary at the end, if its
+                config asked for one, is in the transcript).
+            SummaryFailed: the LLM did not give one (an ``error`` ``summary_failed`` was
+                published too).
+        """
+        if self._summarizer is None:
+            raise SummaryUnavailable(
+                "this gateway has no LLM endpoint for summaries (STT_GATEWAY_LLM_URL)"
+            )
+        self._check_open()
+        if self._summarizing is None or self._summarizing.done():
+            options = self.config.summary_options or SummaryOptions()
+            self._summarizing = asyncio.create_task(
+                self._summarize(options), name=f"session-{self.id}-summary"
+            )
+        # Shielded: a client that hangs up does not stop the summary the stream is receiving.
+        return await asyncio.shield(self._summarizing)
+
+    async def _summarize(self, options: SummaryOptions) -> SummaryData:
+        """Stream a summary of the finals so far onto the log; publish ``summary_failed`` and
+        raise SummaryFailed when the LLM does not give one within its time limit."""
+        summarizer = self._summarizer
+        assert summarizer is not None
+        prompt = build_prompt(self._finals, options, self.config.language, summarizer)
+        pieces: list[str] = []
+        try:
+            if prompt.included:  # no speech: an empty summary, the LLM not asked
+                async with asyncio.timeout(summarizer.timeout_s):
+                    async for piece in summarizer.stream(prompt.instructions, prompt.transcript):
+                        pieces.append(piece)
+                        self._log.publish(SummaryTokenData(text=piece))
+        except TimeoutError:
+            failure = SummaryFailed(
+                f"the LLM did not finish the summary within {summarizer.timeout_s:g} s "
+                f"(STT_GATEWAY_LLM_TIMEOUT_S); {len(pieces)} pieces had come"
+            )
+        except SummaryFailed as exc:
+            failure = exc
+        else:
+            summary = SummaryData(
+                text="".join(pieces).strip(),
+                model=summarizer.model,
+                segments_left_out=prompt.left_out,
+            )
+            self._log.publish(summary)
+            self.summary = summary
+            return summary
+        self._publish_error(ErrorData(code=failure.code, message=failure.message))
+        raise failure
+
     # -- reading ---------------------------------------------------------------------------
 
     def subscribe(self, since: int | None = None) -> Subscription:
@@ -626,7 +705,7 @@ class Session:
 
     def transcript(self) -> Transcript:
         """Every final so far, in order."""
-        return Transcript.of(self.id, self._finals)
+        return Transcript.of(self.id, self._finals, self.summary)
 
     def info(self) -> SessionInfo:
         """A snapshot for ``GET /sessions/{id}``."""
@@ -643,4 +722,5 @@ class Session:
             request_id=self._engine.upstream_id(),
             final_lag_ms=round(self._engine.final_lag_s() * 1000, 1),
             engine_backlog_s=round(self._engine.backlog_bytes() / self._bytes_per_s, 3),
+            summary=self.summary,
         )

@@ -280,6 +280,34 @@ class Settings(BaseSettings):
         "(compared lower-cased, without punctuation)",
     )
 
+    llm_url: str | None = Field(
+        None,
+        description="an OpenAI-compatible chat endpoint's base URL (Ollama "
+        "http://localhost:11434/v1, vLLM, llama.cpp's server, OpenAI): enables session "
+        "summaries (config summary); /chat/completions is appended",
+    )
+    llm_model: str | None = Field(
+        None, min_length=1, description="the model the LLM endpoint is asked for (required)"
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="sent as a bearer token to the LLM endpoint; never logged or shown"
+    )
+    llm_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="longest a summary may take, from the request to its last token; then "
+        "error summary_failed and the session ends as usual",
+    )
+    llm_context_tokens: int = Field(
+        4096,
+        ge=512,
+        description="the model's context (tokens): the transcript in a summary prompt is "
+        "trimmed to fit, oldest finals first",
+    )
+    llm_max_tokens: int = Field(
+        400, ge=16, description="most tokens a summary may have (the request's max_tokens)"
+    )
+
     deepgram_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("DEEPGRAM_API_KEY", "STT_GATEWAY_DEEPGRAM_API_KEY"),
@@ -381,6 +409,11 @@ class Settings(BaseSettings):
             )
         if self.workers > 1 and self.port == 0:
             return "--workers needs a fixed --port: the processes share one"
+        if self.llm_url is not None and self.llm_model is None:
+            return (
+                "STT_GATEWAY_LLM_URL needs STT_GATEWAY_LLM_MODEL: the model the endpoint is "
+                "asked for (e.g. llama3.2 on Ollama)"
+            )
         if self.api_keys or self.no_auth or self.loopback_bound:
             return None
         return (

@@ -27,7 +27,17 @@ API_ROUTES = {  # docs/api.md
     ("get", "/info"),
     ("get", "/usage"),
 }
-EVENT_TYPES = {"token", "final", "speech_start", "speech_end", "heartbeat", "error", "session_end"}
+EVENT_TYPES = {
+    "token",
+    "final",
+    "speech_start",
+    "speech_end",
+    "heartbeat",
+    "error",
+    "summary_token",
+    "summary",
+    "session_end",
+}
 
 
 async def spec_of(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..events import SummaryEvent
 from ..models import SessionConfig, SessionState
 
 LIVE = "stt:live"
@@ -71,7 +72,7 @@ class SessionRecord:
     Attributes:
         owner: id of the owning process; ``owner_url``: where it takes the session's audio.
         state, created_at (Unix s), audio_seconds (s, as of its newest event written),
-        last_seq, config.
+        last_seq, config; summary: the newest ``summary`` event's data, if any.
     """
 
     def __init__(self, session_id: str, fields: dict[bytes, bytes]) -> None:
@@ -83,3 +84,5 @@ class SessionRecord:
         self.audio_seconds = float(fields.get(b"audio_seconds", b"0"))
         self.last_seq = int(fields.get(b"last_seq", b"0"))
         self.config = SessionConfig.model_validate_json(fields[b"config"])
+        summary = fields.get(b"summary")
+        self.summary = None if summary is None else SummaryEvent.model_validate_json(summary).data

@@ -197,6 +197,7 @@ class Cluster:
             replay_events=held,
             replay_bytes=replica.log.ring_size[1] if replica is not None else 0,
             config=record.config,
+            summary=record.summary,
         )
 
     async def transcript(self, session_id: str) -> Transcript:
@@ -206,13 +207,13 @@ class Cluster:
             SessionNotFound, redis.exceptions.RedisError.
         """
         pipe = self._redis.pipeline(transaction=False)
-        pipe.exists(record_key(session_id))
+        pipe.hgetall(record_key(session_id))
         pipe.lrange(finals_key(session_id), 0, -1)
-        exists, payloads = await pipe.execute()
-        if not exists:
+        fields, payloads = await pipe.execute()
+        if not fields:
             raise SessionNotFound(session_id)
         finals = [_FINAL_EVENT.validate_json(p).data for p in payloads]
-        return Transcript.of(session_id, finals)
+        return Transcript.of(session_id, finals, SessionRecord(session_id, fields).summary)
 
     # -- liveness --------------------------------------------------------------------------
 

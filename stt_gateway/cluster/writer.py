@@ -41,7 +41,8 @@ _APPEND = """
 -- ARGV[1]: MAXLEN of a stream; ARGV[2]: retention (ms) of an ended session's keys; ARGV[3]:
 -- the round, one blob (one argument to pack, not several per record): per session a line
 -- "<id> <epoch> <state> <audio_seconds> <ended 0/1> <push_finals 0/1> <first seq> <n>", then
--- n records, each a line "<type> <bytes>" and that many bytes of event JSON. The keys are
+-- n records, each a line "<type> <bytes>" and that many bytes of event JSON (a final is also
+-- pushed to the transcript list, a summary kept in the record's "summary"). The keys are
 -- named here from the session ids (stt:s:<id>…): this is one standalone Redis.
 local blob, pos, out = ARGV[3], 1, {}
 while pos <= #blob do
@@ -61,6 +62,7 @@ while pos <= #blob do
     if ok then
       redis.call('XADD', events, 'MAXLEN', '~', ARGV[1], (first + i) .. '-0', 't', kind, 'j', json)
       if push == '1' and kind == 'final' then redis.call('RPUSH', finals, json) end
+      if kind == 'summary' then redis.call('HSET', record, 'summary', json) end
     end
   end
   if ok then

@@ -70,6 +70,10 @@ async def info(request: web.Request) -> web.Response:
                 "sample_rate_hz": {"min": 8000, "max": 96000},
             },
             "sessions": {"live": registry.live_count},
+            # Whether sessions may ask for a summary, and of which model (never the URL or key).
+            "summary": None
+            if registry.summarizer is None
+            else {"model": registry.summarizer.model, "timeout_s": s.llm_timeout_s},
             # Shared with other processes on Redis: which process answered (never the URL).
             "cluster": None
             if registry.cluster is None

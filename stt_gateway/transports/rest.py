@@ -136,6 +136,18 @@ async def get_transcript(request: web.Request) -> web.Response:
     return model_response(session.transcript())
 
 
+@routes.post("/sessions/{id}/summary")
+async def post_summary(request: web.Request) -> web.Response:
+    """``POST /sessions/{id}/summary``: a summary of the transcript so far, streamed on the
+    session's events as ``summary_token``s and one ``summary`` (the session goes on) → 200
+    the ``summary`` event's data once written. 404; 409 closed; 422 ``summary_unavailable``
+    (no LLM); 502 ``summary_failed`` (also published as an ``error`` event)."""
+    session = local_session(request, "session:publish")
+    if session is None:
+        return await forward(request, cluster_of(request), b"")
+    return model_response(await session.summarize())
+
+
 @routes.post("/sessions/{id}/audio")
 async def post_audio(request: web.Request) -> web.Response:
     """``POST /sessions/{id}/audio``: the next chunk of the session's audio (PCM16 or what
