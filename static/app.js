@@ -13,6 +13,8 @@ const ui = {
   finals: $("finals"), interim: $("interim"), ttft: $("ttft"), follow: $("follow"),
   copy: $("copy"), download: $("download"), controls: $("controls"), modeLine: $("mode-line"),
   auth: $("auth"), apiKey: $("api-key"),
+  summaryChoice: $("summary-choice"), wantSummary: $("want-summary"),
+  summarySection: $("summary-section"), summary: $("summary"), summaryModel: $("summary-model"),
 };
 const CREDENTIAL = "stt-gateway-credential";
 
@@ -66,6 +68,17 @@ function onEvent(ev) {
         ui.ttft.textContent = `Time to first interim in the last utterance: ${timing.lastTtftMs} ms after speech onset.`;
         timing.lastTtftMs = null;
       }
+      break;
+    case "summary_token":
+      // The pieces come in seq order; the summary event that follows holds them all.
+      ui.summarySection.hidden = false;
+      ui.summary.textContent += d.text;
+      break;
+    case "summary":
+      ui.summarySection.hidden = false;
+      ui.summary.textContent = d.text;
+      ui.summaryModel.textContent = `Summary by ${d.model}` +
+        (d.segments_left_out ? `, without the first ${d.segments_left_out} segments (too long for the model).` : ".");
       break;
     case "error":
       say(`Gateway says: ${d.message} (${d.code})`);
@@ -167,6 +180,8 @@ async function loadInfo() {
     return;
   }
   if (info.auth && info.auth.mode === "keys" && !credential()) askForKey();
+  // A summary at the end can be asked for only where the gateway has an LLM.
+  ui.summaryChoice.hidden = !info.summary;
   engines = Object.fromEntries(Object.entries(info.engines).filter(([, e]) => e.available));
   ui.engine.replaceChildren(...Object.keys(engines).map((name) => new Option(name, name)));
   ui.engine.value = info.default_engine in engines ? info.default_engine : Object.keys(engines)[0];
@@ -192,6 +207,7 @@ function micError(err) {
 async function openSession(sampleRate) {
   const config = { engine: ui.engine.value, sample_rate: sampleRate };
   if (ui.language.value) config.language = ui.language.value;
+  if (!ui.summaryChoice.hidden && ui.wantSummary.checked) config.summary = true;
   let resp;
   try {
     resp = await fetch("/sessions", {
@@ -264,6 +280,9 @@ async function start() {
   shown.interimStart = null;
   shown.speechStart = null;
   ui.ttft.textContent = "";
+  ui.summary.textContent = "";
+  ui.summaryModel.textContent = "";
+  ui.summarySection.hidden = true;
   const tokens = created.tokens; // present only with auth on
   session.es = listen(created.session_id, tokens && tokens.read);
   const wsUrl = created.ws_url.replace(/^wss?:\/\/[^/]+/, wsOrigin());

@@ -16,6 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from tests.audio_files import clip, clips, spoken_wer, wer
 from tests.conftest import Gateway, ServerFactory, StartGateway
+from tests.fakes.openai_chat import KEY, FakeChat, summary_of
 from tests.gateway_client import create_session, frames, paced
 from tests.tcp_proxy import CuttableProxy
 
@@ -414,3 +415,48 @@ async def test_a_mediarecorder_webm_stream_sent_as_it_arrives_is_transcribed(
     recorded_wer = spoken_wer(reference, text)
     print(f"\nMediaRecorder WebM/Opus on engine whisper: WER {recorded_wer:.3f} {text!r}")
     assert recorded_wer <= 0.08
+
+
+async def test_mic_page_shows_the_summary_as_it_streams_when_the_gateway_has_an_llm(
+    start_gateway: StartGateway,
+    aiohttp_server: ServerFactory,
+    launch: Launch,
+    tmp_path: Path,
+) -> None:
+    plain = await start_gateway()
+    page = await open_page(await launch(), plain.base + "/")
+    assert await page.is_hidden("#summary-choice")  # no LLM: nothing to offer
+
+    chat = FakeChat(piece_delay_s=0.15)
+    llm = await aiohttp_server(chat.app())
+    gateway = await start_gateway(
+        llm_url=str(llm.make_url("/v1")), llm_model="fake-model", llm_api_key=KEY
+    )
+    c = clip("goforward")
+    wav = tmp_path / "goforward.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(c.pcm + b"\0\0" * 16_000)
+    browser = await launch(*FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
+    page = await open_page(browser, gateway.base + "/")
+    assert await page.is_checked("#want-summary")
+    await page.click("#start")
+    await page.wait_for_function("document.querySelector('#finals').textContent.length > 0")
+    await page.click("#stop")
+    # Streaming: some of the summary shown, the model line not yet (it comes with `summary`).
+    await page.wait_for_function(
+        "document.querySelector('#summary').textContent.length > 0"
+        " && document.querySelector('#summary-model').textContent === ''"
+    )
+    await ended(page)
+    session_id = (await page.get_attribute("#follow-link", "href") or "").split("follow=")[1]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{gateway.base}/sessions/{session_id}/transcript") as resp,
+    ):
+        summary = (await resp.json())["summary"]
+    assert summary["text"] == summary_of(chat.requests[0]["messages"][-1]["content"])
+    assert await page.text_content("#summary") == summary["text"]
+    assert await page.text_content("#summary-model") == "Summary by fake-model."
