@@ -74,9 +74,14 @@ async def sse_messages(
 
 
 async def follow_sse(
-    http: aiohttp.ClientSession, url: str, into: Received, connected: asyncio.Event | None = None
+    http: aiohttp.ClientSession,
+    url: str,
+    into: Received,
+    connected: asyncio.Event | None = None,
+    first_final: asyncio.Event | None = None,
 ) -> None:
-    """Collect SSE events until ``session_end``; ``id:`` must equal each event's seq."""
+    """Collect SSE events until ``session_end``; ``id:`` must equal each event's seq.
+    ``first_final`` is set when the first final arrives."""
     if connected is not None:
         connected.set()
     # aclosing: leaving at session_end closes the response now, not when the generator is
@@ -88,6 +93,8 @@ async def follow_sse(
             else:
                 assert event_id is None
             into.add(event)
+            if first_final is not None and event["event_type"] == "final":
+                first_final.set()
             if event["event_type"] == "session_end":
                 return
 

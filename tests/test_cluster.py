@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from tests.audio_files import clip
+from tests.fakes.openai_chat import KEY, FakeChat
 from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames, paced
 from tests.gateway_process import GatewayProcess
 from tests.redis_server import RedisServer
@@ -294,3 +295,40 @@ async def test_with_redis_down_new_sessions_get_503_and_a_live_one_goes_on_local
     await follower
     assert producer.of_type("final")
     assert on_a.logged == producer.logged
+
+
+async def test_a_summary_asked_on_another_process_streams_there_and_is_kept_in_redis(
+    start_process: StartProcess, http: aiohttp.ClientSession, aiohttp_server: Any
+) -> None:
+    chat = FakeChat()
+    llm = await aiohttp_server(chat.app())
+    settings = {"llm_url": str(llm.make_url("/v1")), "llm_model": "fake-model", "llm_api_key": KEY}
+    a, b = await asyncio.gather(start_process(**settings), start_process(**settings))
+    c = clip("librivox-sns-0890")
+    session_id = (await create_session(http, a.base, {"summary": True}))["session_id"]
+    on_b, heard = Received(), asyncio.Event()
+    stream = f"{b.base}/sessions/{session_id}/stream"
+    follower = asyncio.create_task(follow_sse(http, stream, on_b, first_final=heard))
+    async with http.ws_connect(f"{a.base}/sessions/{session_id}/ws?events=false") as ws:
+        for frame in frames(c.pcm, 16_000):
+            await ws.send_bytes(frame)
+        await ws.send_str(json.dumps({"type": "finalize"}))  # a final for what was said
+        await asyncio.wait_for(heard.wait(), 60)
+        async with http.post(f"{b.base}/sessions/{session_id}/summary") as resp:  # passed on
+            assert resp.status == 200, await resp.text()
+            mid = await resp.json()
+    async with http.delete(f"{b.base}/sessions/{session_id}") as resp:
+        assert resp.status == 200
+    await follower
+    assert len(chat.requests) == 2  # the one asked for, and the one at the end
+    summaries = [e["data"] for e in on_b.of_type("summary")]
+    assert summaries[0] == mid
+    assert on_b.logged[-2]["event_type"] == "summary"
+    assert "".join(e["data"]["text"] for e in on_b.of_type("summary_token")) == "".join(
+        s["text"] for s in summaries
+    )
+    for process in (a, b):
+        async with http.get(f"{process.base}/sessions/{session_id}/transcript") as resp:
+            assert (await resp.json())["summary"] == summaries[-1]
+        async with http.get(f"{process.base}/sessions/{session_id}") as resp:
+            assert (await resp.json())["summary"] == summaries[-1]

@@ -77,19 +77,6 @@ async def get(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return body
 
 
-async def follow(
-    http: aiohttp.ClientSession, url: str, into: Received, first_final: asyncio.Event
-) -> None:
-    """Collect SSE events until ``session_end``; set ``first_final`` at the first final."""
-    async with contextlib.aclosing(sse_messages(http, url)) as messages:
-        async for _, event in messages:
-            into.add(event)
-            if event["event_type"] == "final":
-                first_final.set()
-            if event["event_type"] == "session_end":
-                return
-
-
 def timed_line(final: dict[str, Any]) -> re.Pattern[str]:
     """The prompt's line for a final: ``[m:ss–m:ss] text``."""
     return re.compile(r"^\[\d+:\d\d–\d+:\d\d\] " + re.escape(final["data"]["text"]) + "$", re.M)
@@ -222,7 +209,9 @@ async def test_a_summary_asked_mid_session_streams_and_the_session_goes_on(
     session = await create_session(http, gateway.base)  # no summary at the end
     sid = session["session_id"]
     received, heard = Received(), asyncio.Event()
-    follower = asyncio.create_task(follow(http, session["stream_url"], received, heard))
+    follower = asyncio.create_task(
+        follow_sse(http, session["stream_url"], received, first_final=heard)
+    )
     await speak(http, session, clip("goforward"))
     await asyncio.wait_for(heard.wait(), 60)
     async with http.post(f"{gateway.base}/sessions/{sid}/summary") as resp:
@@ -325,7 +314,9 @@ async def test_the_endpoint_key_never_appears_in_logs_events_errors_info_or_metr
         session = await create_session(http, gateway.base)
         sid = session["session_id"]
         events, heard = Received(), asyncio.Event()
-        follower = asyncio.create_task(follow(http, session["stream_url"], events, heard))
+        follower = asyncio.create_task(
+            follow_sse(http, session["stream_url"], events, first_final=heard)
+        )
         await speak(http, session, clip("goforward"))
         await asyncio.wait_for(heard.wait(), 60)
         async with http.post(f"{gateway.base}/sessions/{sid}/summary") as resp:
