@@ -161,3 +161,12 @@ def test_decode_bench_times_every_format_and_both_sessions() -> None:
     assert set(result["sessions"]) == {"PCM16", "WebM/Opus"}
     assert all(s["finals"] > 0 for s in result["sessions"].values())
     assert "µs per audio s" in out
+
+
+def test_summary_bench_times_the_gateway_beside_the_llm_server() -> None:
+    out, result = run_bench("summary.py", "--runs", "1", "--first-token-ms", "50")
+    assert "DELETE → first summary_token" in out
+    assert result["runs"] == 1
+    # The gateway's first token cannot come before the server's own.
+    assert result["gw_first_p50_ms"] >= 50
+    assert result["llm_ttft_p50_ms"] >= 50
