@@ -472,8 +472,18 @@ class Session:
             # follow session_end.
             await asyncio.wait({self._summarizing})
         if (options := self.config.summary_options) is not None and self._summarizer is not None:
-            with contextlib.suppress(SummaryFailed):  # published as summary_failed
-                await self._summarize(options)
+            if reason == "shutdown":
+                # A process stopping must not wait on an LLM (up to llm_timeout_s): say so.
+                self._publish_error(
+                    ErrorData(
+                        code=SummaryFailed.code,
+                        message="the gateway is shutting down: no summary was asked for; the "
+                        "transcript is whole",
+                    )
+                )
+            else:
+                with contextlib.suppress(SummaryFailed):  # published as summary_failed
+                    await self._summarize(options)
         self._stream.close()
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
         self._observer.ended(reason)

@@ -16,10 +16,11 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
+from stt_gateway.app import create_app
 from stt_gateway.models import Segment, SummaryOptions
 from stt_gateway.summary import build_prompt
 from tests.audio_files import Clip, clip
-from tests.conftest import Gateway, StartGateway
+from tests.conftest import Gateway, StartGateway, make_settings
 from tests.fakes.openai_chat import KEY, Behaviour, FakeChat, pieces_of, summary_of
 from tests.gateway_client import (
     Received,
@@ -360,3 +361,26 @@ def test_a_long_transcript_is_trimmed_to_the_context_oldest_first_and_the_prompt
     assert whole.left_out == 0
     assert whole.transcript.splitlines()[0] == "Transcript:"
     assert whole.instructions == "Bullet points.\nWrite the summary in English."
+
+
+async def test_a_gateway_shutting_down_does_not_wait_on_the_llm_and_says_so(
+    start_chat: StartChat, http: aiohttp.ClientSession
+) -> None:
+    chat, url = await start_chat("stall")  # it would hold a summary for its whole time limit
+    app = create_app(make_settings(llm_url=url, llm_model="fake-model", llm_api_key=KEY))
+    server = TestServer(app)
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    session = await create_session(http, base, {"summary": True})
+    received = Received()
+    follower = asyncio.create_task(follow_sse(http, session["stream_url"], received))
+    await speak(http, session, clip("goforward"))
+    started = time.monotonic()
+    await server.close()
+    await asyncio.wait_for(follower, 30)
+    assert time.monotonic() - started < 15.0  # not the 20 s time limit, and no LLM request
+    error, end = received.logged[-2:]
+    assert error["data"]["code"] == "summary_failed"
+    assert "shutting down" in error["data"]["message"]
+    assert end["data"]["reason"] == "shutdown"
+    assert chat.requests == []
