@@ -7,9 +7,11 @@ whose connection gave its :class:`Sink` and whose writer is idle gets each live 
 straight to its socket while the socket's send buffer is below its bound: no task wakes up.
 Otherwise the record waits in the subscriber's own bounded queue for its writer task. When a
 subscriber falls behind, its pending interims are coalesced (a new ``token`` replaces a pending
-``token`` of the same utterance); finals and control events are never dropped. Past the hard
-limits — too many events pending, or the oldest pending one too old — the subscriber is cut off
-with a ``slow_consumer`` error and may come back with the last ``seq`` it saw.
+``token`` of the same utterance) and so are a summary's pieces (consecutive ``summary_token``s
+become one with both texts); finals, the ``summary`` and control events are never dropped.
+Past the hard limits — too many events pending, or the oldest pending one too old — the
+subscriber is cut off with a ``slow_consumer`` error and may come back with the last ``seq``
+it saw.
 
 The :class:`Hub` knows nothing of ``seq`` assignment or replay: the event log
 (:mod:`stt_gateway.eventlog`) numbers and keeps the records and hands each new one to its hub,
@@ -19,6 +21,7 @@ and a subscriber joins with the backlog the log gave it. Transports see only thi
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import time
 from collections import deque
@@ -26,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .errors import TooManySubscribers
-from .events import ErrorData, encode_event
+from .events import ErrorData, SummaryTokenData, encode_event
 
 if TYPE_CHECKING:
     from .session import SessionObserver
@@ -90,6 +93,7 @@ class Sink(Protocol):
 
 SESSION_END = "session_end"
 TOKEN = "token"
+SUMMARY_TOKEN = "summary_token"
 
 
 class Subscription:
@@ -182,6 +186,15 @@ class Subscription:
             # The newest interim of the same utterance supersedes the pending one; it keeps
             # the older queue time, so coalescing never hides how far behind the reader is.
             live[-1] = (live[-1][0], record)
+            self.coalesced += 1
+        elif (
+            record.event_type == SUMMARY_TOKEN
+            and len(live) >= self._coalesce_after
+            and live[-1][1].event_type == SUMMARY_TOKEN
+        ):
+            # A summary's pieces are deltas: the pending one and this one become one piece
+            # with both texts (under this one's seq), so nothing of the summary is lost.
+            live[-1] = (live[-1][0], self._hub.joined(live[-1][1], record))
             self.coalesced += 1
         elif len(live) >= self._limit:
             return False
@@ -366,6 +379,15 @@ class Hub:
                 f"reconnect with the last seq it received to resume",
             )
         )
+
+    def joined(self, first: Record, then: Record) -> Record:
+        """One ``summary_token`` record with the text of ``first`` then ``then`` (consecutive
+        pieces), under ``then``'s seq: for one subscriber that fell behind."""
+        text = json.loads(first.payload)["data"]["text"] + json.loads(then.payload)["data"]["text"]
+        payload = encode_event(
+            SummaryTokenData(text=text), seq=then.seq, session_id_json=self._session_id_json
+        )
+        return Record.frame(then.seq, SUMMARY_TOKEN, payload)
 
     def error(self, code: str, message: str) -> Record:
         """An ``error`` record for subscribers only: not in the log, no seq."""

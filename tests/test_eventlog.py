@@ -14,6 +14,8 @@ from stt_gateway.events import (
     FinalData,
     SessionEndData,
     SpeechStartData,
+    SummaryData,
+    SummaryTokenData,
     TokenData,
 )
 from stt_gateway.hub import Record, Subscription
@@ -76,6 +78,23 @@ async def test_a_replica_behind_the_resume_position_gives_only_the_events_after_
     for record in records[1:]:
         late.append(record)
     assert await asyncio.wait_for(drain(sub), 1) == []
+
+
+async def test_a_subscriber_behind_during_a_summary_gets_its_pieces_joined_and_none_lost() -> None:
+    log = make_log(queue_size=4)  # pieces are joined past 2 pending
+    slow = log.subscribe()  # reads nothing until the end
+    pieces = [f"piece{i} " for i in range(12)]
+    for piece in pieces:
+        log.publish(SummaryTokenData(text=piece))
+    log.publish(SummaryData(text="".join(pieces), model="m"))
+    log.publish(SessionEndData(reason="client_closed", audio_seconds=0.0))
+    got = await drain(slow)
+    assert [r.seq for r in got] == [1, 12, 13, 14]  # pieces 2–12 joined, under the newest seq
+    assert [r.event_type for r in got] == ["summary_token"] * 2 + ["summary", "session_end"]
+    assert slow.coalesced == 10
+    texts = [json.loads(r.payload)["data"]["text"] for r in got[:2]]
+    assert "".join(texts) == "".join(pieces)  # nothing of the summary lost
+    assert got[2:] == log.held()[-2:]  # the summary itself is never coalesced
 
 
 async def test_subscribe_starts_at_the_oldest_event_the_ring_holds() -> None:
