@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
             )
             p.add_argument("--engine", help="local, whisper or deepgram (default: the gateway's)")
             p.add_argument("--language", help="BCP-47 tag, e.g. ko")
+            p.add_argument(
+                "--summary",
+                action="store_true",
+                help="end with the gateway's LLM summary (printed after the transcript)",
+            )
         else:
             p.add_argument("session_id")
     return parser
@@ -137,7 +142,11 @@ def main(argv: list[str] | None = None) -> None:
         args_in = ["serve", *args_in]  # `stt-gateway --port 9000` means serve
     args = _parser().parse_args(args_in)
     if args.command == "stream":
-        config = {k: v for k, v in (("engine", args.engine), ("language", args.language)) if v}
+        config: dict[str, object] = {
+            k: v for k, v in (("engine", args.engine), ("language", args.language)) if v
+        }
+        if args.summary:
+            config["summary"] = True
         sys.exit(
             asyncio.run(
                 stream_file(

@@ -72,7 +72,8 @@ def read_audio(path: Path, encoding: str, rate: int, channels: int) -> AudioFile
 
 class Printer:
     """Shows events. On a terminal: one status line (file progress and the current interim,
-    rewritten in place) with finals printed above it as lines. Piped: final lines only.
+    rewritten in place) with finals printed above it as lines (then "Summary: …" if the session
+    asked for one). Piped: the same lines.
     With ``as_json``: every event as one JSON line."""
 
     def __init__(self, out: TextIO, as_json: bool) -> None:
@@ -93,6 +94,8 @@ class Printer:
         elif kind == "final":
             self._interim = ""
             self._line(data["text"])
+        elif kind == "summary":
+            self._line(f"Summary: {data['text']}")
         elif kind == "error":
             print(f"[{data['code']}] {data['message']}", file=sys.stderr, flush=True)
         return event

@@ -13,7 +13,8 @@ import pytest
 
 from tests.audio_convert import convert
 from tests.audio_files import AUDIO_DIR, clip
-from tests.conftest import Gateway, direct_finals
+from tests.conftest import Gateway, ServerFactory, StartGateway, direct_finals
+from tests.fakes.openai_chat import KEY, FakeChat, summary_of
 from tests.gateway_client import create_session, over_ws
 
 
@@ -163,3 +164,21 @@ async def test_cli_stream_sends_any_file_as_it_is(
     same_bytes = await over_ws(http, gateway.base, audio, seed=1)
     assert out.split() == same_bytes.finals_text().split()
     assert out.strip()
+
+
+async def test_cli_stream_summary_prints_the_llm_summary_after_the_transcript(
+    start_gateway: StartGateway, aiohttp_server: ServerFactory
+) -> None:
+    chat = FakeChat()
+    llm = await aiohttp_server(chat.app())
+    gateway = await start_gateway(
+        llm_url=str(llm.make_url("/v1")), llm_model="fake-model", llm_api_key=KEY
+    )
+    c = clip("librivox-sns-0920")
+    code, out, err = await run_cli(
+        "stream", str(AUDIO_DIR / f"{c.name}.wav"), "--url", gateway.base, "--fast", "--summary"
+    )
+    assert code == 0, err
+    *finals, summary = out.splitlines()
+    assert finals == [f.text for f in direct_finals(c)]
+    assert summary == "Summary: " + summary_of(chat.requests[0]["messages"][-1]["content"])
