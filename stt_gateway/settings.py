@@ -282,6 +282,7 @@ class Settings(BaseSettings):
 
     llm_url: str | None = Field(
         None,
+        pattern=r"^https?://[^/?#]+",
         description="an OpenAI-compatible chat endpoint's base URL (Ollama "
         "http://localhost:11434/v1, vLLM, llama.cpp's server, OpenAI): enables session "
         "summaries (config summary); /chat/completions is appended",
@@ -401,7 +402,8 @@ class Settings(BaseSettings):
 
     def protected_mode_refusal(self) -> str | None:
         """Why the gateway must not start as configured (``docs/api.md`` v2: no key, a
-        non-loopback address, no ``--no-auth``; or ``workers`` it cannot run), or None."""
+        non-loopback address, no ``--no-auth``; ``workers`` it cannot run; an LLM endpoint
+        without a model), or None."""
         if self.workers > 1 and self.redis_url is None:
             return (
                 f"--workers {self.workers} needs STT_GATEWAY_REDIS_URL: a client's requests "

@@ -137,6 +137,17 @@ async def test_protected_mode_refuses_a_public_address_without_a_key() -> None:
     assert secret not in log
 
 
+async def test_an_llm_endpoint_without_a_model_or_scheme_stops_the_start() -> None:
+    for env, says in (
+        ({"STT_GATEWAY_LLM_URL": "http://127.0.0.1:11434/v1"}, "STT_GATEWAY_LLM_MODEL"),
+        ({"STT_GATEWAY_LLM_URL": "127.0.0.1:11434", "STT_GATEWAY_LLM_MODEL": "m"}, "LLM_URL"),
+    ):
+        code, _, err = await run_cli("--port", "0", env=env)
+        assert code == 2
+        assert says in err
+        assert "Traceback" not in err
+
+
 async def test_a_malformed_key_setting_names_the_variable_not_the_secret() -> None:
     code, _, err = await run_cli("--port", "0", env={"STT_GATEWAY_API_KEYS": "no-colon-secret"})
     assert code == 2
