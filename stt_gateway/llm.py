@@ -18,7 +18,7 @@ and an endpoint's refusal text for a bad key (which may echo part of it) is neve
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -100,7 +100,7 @@ class OpenAIChat:
             )
         return self._http
 
-    async def stream(self, instructions: str, transcript: str) -> AsyncIterator[str]:
+    async def stream(self, instructions: str, transcript: str) -> AsyncGenerator[str, None]:
         """The summary's pieces as the model writes them (see
         :meth:`~stt_gateway.summary.Summarizer.stream`).
 

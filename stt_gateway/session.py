@@ -657,8 +657,10 @@ class Session:
         pieces: list[str] = []
         try:
             if prompt.included:  # no speech: an empty summary, the LLM not asked
-                async with asyncio.timeout(summarizer.timeout_s):
-                    async for piece in summarizer.stream(prompt.instructions, prompt.transcript):
+                stream = summarizer.stream(prompt.instructions, prompt.transcript)
+                # aclosing: a time limit that cuts the stream closes its connection now.
+                async with asyncio.timeout(summarizer.timeout_s), contextlib.aclosing(stream):
+                    async for piece in stream:
                         pieces.append(piece)
                         self._log.publish(SummaryTokenData(text=piece))
         except TimeoutError:

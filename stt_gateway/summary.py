@@ -9,7 +9,7 @@ trimmed to the model's context with the oldest finals left out first, and the pr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,7 +50,7 @@ class Summarizer(Protocol):
     max_tokens: int
     timeout_s: float
 
-    def stream(self, instructions: str, transcript: str) -> AsyncIterator[str]:
+    def stream(self, instructions: str, transcript: str) -> AsyncGenerator[str, None]:
         """The summary's pieces (text), in order, as the model writes them.
 
         Raises:
