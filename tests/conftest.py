@@ -28,6 +28,7 @@ from stt_gateway.models import SessionConfig
 from stt_gateway.settings import Settings
 from tests.audio_files import Clip
 from tests.gateway_process import GatewayProcess
+from tests.llama_server import LlamaServer
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import CuttableProxy
 
@@ -100,6 +101,16 @@ def direct_whisper_finals(clip: Clip, **overrides: Any) -> list[FinalData]:
         16_000, DEFAULT_ENDPOINTING_MS, True, settings.whisper_early_pass_ms
     ).build()
     return finals_in_process(recognizer.process(clip.pcm) + recognizer.close(), whisper)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct, for the whole run."""
+    with (tmp_path_factory.mktemp("llama") / "server.log").open("wb") as log:
+        server = LlamaServer(log)
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """A summary at the end, streamed token by token on the session's events (docs/api.md v2,
-"Summary at the end"), from an OpenAI-compatible chat endpoint: a protocol-faithful fake on
-loopback (tests/fakes/openai_chat.py) that the official ``openai`` client is shown to parse."""
+"Summary at the end"), from OpenAI-compatible chat endpoints on loopback: llama.cpp's server
+with a small packaged model (a real LLM server: tests/llama_server.py), and a protocol-faithful
+fake (tests/fakes/openai_chat.py, shown to be parsed by the official ``openai`` client) whose
+answer is made from the prompt it got, and which fails on request."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from tests.gateway_client import (
     frames,
     sse_messages,
 )
+from tests.llama_server import ALIAS, LlamaServer
 from tests.redis_server import free_port
 
 StartChat = Callable[..., Coroutine[Any, Any, tuple[FakeChat, str]]]
@@ -384,3 +387,45 @@ async def test_a_gateway_shutting_down_does_not_wait_on_the_llm_and_says_so(
     assert "shutting down" in error["data"]["message"]
     assert end["data"]["reason"] == "shutdown"
     assert chat.requests == []
+
+
+async def test_a_real_llama_cpp_server_streams_the_summary_and_a_dropped_subscriber_resumes_it(
+    start_gateway: StartGateway, http: aiohttp.ClientSession, llama_server: LlamaServer
+) -> None:
+    gateway = await gateway_on(
+        start_gateway, llama_server.url, llm_model=ALIAS, llm_max_tokens=120, llm_timeout_s=300
+    )
+    session = await create_session(http, gateway.base, {"summary": True})
+    full = Received()
+    follower = asyncio.create_task(follow_sse(http, session["stream_url"], full))
+    await speak(http, session, clip("librivox-sns-0870"))
+    closing = asyncio.create_task(close(http, gateway.base, session["session_id"]))
+    got: list[dict[str, Any]] = []  # a second subscriber, dropped after two pieces
+    async with contextlib.aclosing(sse_messages(http, session["stream_url"])) as messages:
+        async for _, event in messages:
+            got.append(event)
+            if len([e for e in got if e["event_type"] == "summary_token"]) == 2:
+                break
+    async with contextlib.aclosing(
+        sse_messages(http, session["stream_url"], {"Last-Event-ID": str(got[-1]["seq"])})
+    ) as messages:
+        async for _, event in messages:
+            got.append(event)
+            if event["event_type"] == "session_end":
+                break
+    await closing
+    await asyncio.wait_for(follower, 60)
+
+    kinds = [e["event_type"] for e in full.logged]
+    assert full.seqs == list(range(1, len(full.seqs) + 1))
+    tokens = full.of_type("summary_token")
+    first = kinds.index("summary_token")
+    assert first > max(i for i, k in enumerate(kinds) if k == "final")
+    assert kinds[first:] == ["summary_token"] * len(tokens) + ["summary", "session_end"]
+    [summary] = [e["data"] for e in full.of_type("summary")]
+    assert summary["model"] == ALIAS
+    assert summary["text"] != ""
+    assert "".join(t["data"]["text"] for t in tokens).strip() == summary["text"]
+    assert [e for e in got if "seq" in e] == full.logged  # resumed: all of it, once
+    transcript = await get(http, f"{gateway.base}/sessions/{session['session_id']}/transcript")
+    assert transcript["summary"] == summary
