@@ -64,8 +64,6 @@ class FakeChat:
         self.first_token_delay_s = first_token_delay_s
         self.requests: list[dict[str, Any]] = []
         """Bodies of the requests taken (after the key check)."""
-        self.first_piece_at: list[float] = []
-        """Monotonic time each request's first piece was sent (s)."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -134,8 +132,6 @@ class FakeChat:
         await send({"role": "assistant", "content": ""})
         await asyncio.sleep(self.first_token_delay_s)
         for i, piece in enumerate(pieces_of(text)):
-            if i == 0:
-                self.first_piece_at.append(time.monotonic())
             if i == 2 and self.behaviour == "stall":
                 await asyncio.sleep(3600)
             if i == 2 and self.behaviour == "cut":
