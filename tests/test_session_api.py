@@ -46,6 +46,7 @@ async def test_session_moves_created_streaming_closed_and_delete_is_idempotent(
         "multichannel": False,
         "endpointing_ms": 500,
         "utterance_end_ms": None,
+        "summary": False,
     }
     assert created["stream_url"] == f"{gateway.base}/sessions/{sid}/stream"
     assert created["ws_url"] == f"{gateway.base.replace('http', 'ws')}/sessions/{sid}/ws"
