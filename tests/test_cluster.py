@@ -146,15 +146,17 @@ async def test_an_owner_killed_mid_session_ends_it_node_lost_on_the_others(
     # Two utterances: the first one's final is out before the second ends.
     pcm = clip("librivox-sns-0930").pcm + bytes(32_000) + clip("librivox-sns-0870").pcm
     session_id = (await create_session(http, a.base))["session_id"]
-    on_b = Received()
-    follower = asyncio.create_task(follow_sse(http, f"{b.base}/sessions/{session_id}/stream", on_b))
+    on_b, heard = Received(), asyncio.Event()
+    stream = f"{b.base}/sessions/{session_id}/stream"
+    follower = asyncio.create_task(follow_sse(http, stream, on_b, first_final=heard))
     async with http.ws_connect(f"{a.base}/sessions/{session_id}/ws") as ws:
         async for frame in paced(frames(pcm, 16_000), 0.02, SPEED):
             await ws.send_bytes(frame)
-            if on_b.of_type("final"):
+            if heard.is_set():
                 break
-        else:
-            raise AssertionError("no final reached the other process")
+        # On a loaded machine the engine may still be behind when the audio is all sent: the
+        # session stays open (never closed) until a final has reached the other process.
+        await asyncio.wait_for(heard.wait(), 60)
         a.kill()
         killed = time.monotonic()
         await follower
