@@ -542,6 +542,10 @@ async def listen(request: web.Request) -> web.StreamResponse:
         heartbeat=None,  # Deepgram's clients keep it alive with KeepAlive text frames (§2.2)
         max_msg_size=4 * settings.max_chunk_bytes,
         protocols=WS_PROTOCOLS,  # "token, <key>" from browsers: select "token" (appendix 2)
+        # No permessage-deflate: Node's built-in WebSocket (undici, Node 20) negotiates it and
+        # then fails the connection (close 1006) on aiohttp's compressed frames a few
+        # messages in, losing the last finals and Metadata. Results are a few hundred bytes.
+        compress=False,
     )
     ws.headers["dg-request-id"] = session.id
     sub = session.subscribe()
