@@ -325,7 +325,9 @@ class Settings(BaseSettings):
         description="send KeepAlive after this long without audio (Deepgram closes "
         "idle sockets after ~10 s)",
     )
-    deepgram_connect_timeout_s: float = Field(10.0, gt=0, description="handshake time limit")
+    deepgram_connect_timeout_s: float = Field(
+        10.0, gt=0, description="time limit (s) to open the upstream socket: TCP, TLS and the 101"
+    )
     deepgram_reconnect_attempts: int = Field(
         5, ge=0, description="reconnects tried after an unplanned upstream loss before giving up"
     )

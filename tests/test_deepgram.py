@@ -336,6 +336,25 @@ async def test_deepgram_slow_reconnect_handshake_buffers_audio_and_loses_nothing
     assert same_words(events.finals_text(), c.reference)
 
 
+async def test_deepgram_handshake_slower_than_the_connect_timeout_fails_creation_with_503(
+    start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
+) -> None:
+    """STT_GATEWAY_DEEPGRAM_CONNECT_TIMEOUT_S bounds the upstream handshake (it was read by
+    nothing, and aiohttp's own bound is 300 s); the next creation, answered quickly, works."""
+    gw = await start_dg(deepgram_connect_timeout_s=0.5)
+    fake.faults.append(Fault(handshake_delay_s=30.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with http.post(f"{gw.base}/sessions", json={"config": DG}) as resp:
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+    assert loop.time() - started < 10.0
+    assert error["code"] == "upstream_unavailable"
+    assert "within 0.5 s" in error["message"]
+    async with http.post(f"{gw.base}/sessions", json={"config": DG}) as resp:
+        assert resp.status == 201
+
+
 async def test_deepgram_finalize_settles_the_utterance_in_progress(
     start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
 ) -> None:

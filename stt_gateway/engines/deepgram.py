@@ -277,18 +277,31 @@ class DeepgramEngine(Engine):
     # -- connection ------------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        limit_s = self._s.deepgram_connect_timeout_s
         try:
-            ws = await self._http.ws_connect(
-                self._url,
-                headers=self._auth,
-                heartbeat=None,  # Deepgram's idle rule wants KeepAlive text frames (§2.2)
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                autoping=True,
-                max_msg_size=0,
-            )
+            # aiohttp bounds a WebSocket handshake only by the client session's total timeout
+            # (300 s by default): the connect setting bounds TCP, TLS and the 101 together.
+            async with asyncio.timeout(limit_s):
+                ws = await self._http.ws_connect(
+                    self._url,
+                    headers=self._auth,
+                    heartbeat=None,  # Deepgram's idle rule wants KeepAlive text frames (§2.2)
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    autoping=True,
+                    max_msg_size=0,
+                )
         except aiohttp.WSServerHandshakeError as exc:
             raise _handshake_error(exc) from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except TimeoutError:
+            raise UpstreamError(
+                "upstream_unavailable",
+                f"Deepgram at {self._s.deepgram_url} did not complete the handshake "
+                f"within {limit_s:g} s",
+                status=503,
+                retryable=True,
+                retry_after_s=2,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(
                 "upstream_unavailable",
                 f"cannot reach Deepgram at {self._s.deepgram_url}: {type(exc).__name__}",
