@@ -72,7 +72,7 @@ class Direct:
         self.settings = Settings(_env_file=None)
         self.whisper: WhisperPass | None = None
         if engine == "whisper":
-            provider = WhisperEngineProvider(WorkerPool(1), self.settings)
+            provider = WhisperEngineProvider(WorkerPool(1), WorkerPool(1), self.settings)
             self.whisper = provider.whisper_pass("en")
             self.whisper(np.zeros(16_000, np.int16), 0.0, True)  # load the model untimed
 

@@ -19,7 +19,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import raise_fd_limit  # noqa: E402
-from stt_gateway.app import create_app  # noqa: E402
+from stt_gateway.app import Providers, create_app, tune_collector  # noqa: E402
 from stt_gateway.cli import serve_shared  # noqa: E402
 from stt_gateway.engines.base import Engine, EngineProvider  # noqa: E402
 from stt_gateway.engines.deepgram import DeepgramProvider  # noqa: E402
 from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
+from stt_gateway.engines.runtime import EngineRuntime  # noqa: E402
 from stt_gateway.engines.whisper import WhisperEngineProvider  # noqa: E402
-from stt_gateway.engines.workers import WorkerPool  # noqa: E402
 from stt_gateway.events import EngineResult, FinalData, TokenData  # noqa: E402
 from stt_gateway.models import SessionConfig  # noqa: E402
 from stt_gateway.settings import Settings  # noqa: E402
@@ -113,15 +113,16 @@ class InstantProvider(EngineProvider):
         return InstantEngine(config.sample_rate)
 
 
-def providers(settings: Settings, engine: str) -> Callable[[WorkerPool], dict[str, EngineProvider]]:
+def providers(settings: Settings, engine: str) -> Providers:
     """The engine table for ``create_app``: ``local`` is the instant engine or the real one;
     ``whisper`` and ``deepgram`` are the real ones."""
 
-    def make(workers: WorkerPool) -> dict[str, EngineProvider]:
+    def make(runtime: EngineRuntime) -> dict[str, EngineProvider]:
+        workers = runtime.workers
         local = InstantProvider() if engine == "instant" else LocalEngineProvider(workers)
         return {
             "local": local,
-            "whisper": WhisperEngineProvider(workers, settings),
+            "whisper": WhisperEngineProvider(workers, runtime.pass_workers, settings),
             "deepgram": DeepgramProvider(settings),
         }
 
@@ -173,6 +174,7 @@ def main() -> None:
 
         loop = uvloop.new_event_loop()
     app = create_app(settings, providers(settings, args.engine))
+    tune_collector(app)
     if settings.redis_url is not None:  # one of several processes on one port and Redis
         asyncio.run(serve_shared(app, settings, reuse_port=True))
         return

@@ -14,8 +14,8 @@ from .cluster import Cluster
 from .engines.base import EngineProvider
 from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
+from .engines.runtime import EngineRuntime, RuntimeOptions
 from .engines.whisper import WhisperEngineProvider
-from .engines.workers import WorkerPool
 from .llm import OpenAIChat
 from .metrics import GatewayMetrics
 from .registry import SessionRegistry
@@ -31,11 +31,15 @@ from .transports.remote import owner_client
 log = logging.getLogger(__name__)
 
 
-def _default_providers(settings: Settings) -> Callable[[WorkerPool], dict[str, EngineProvider]]:
-    def make(workers: WorkerPool) -> dict[str, EngineProvider]:
+Providers = Callable[[EngineRuntime], dict[str, EngineProvider]]
+"""Builds the engines by config name from the engine runtime's worker pools."""
+
+
+def _default_providers(settings: Settings) -> Providers:
+    def make(runtime: EngineRuntime) -> dict[str, EngineProvider]:
         return {
-            "local": LocalEngineProvider(workers),
-            "whisper": WhisperEngineProvider(workers, settings),
+            "local": LocalEngineProvider(runtime.workers),
+            "whisper": WhisperEngineProvider(runtime.workers, runtime.pass_workers, settings),
             "deepgram": DeepgramProvider(settings),
         }
 
@@ -46,21 +50,49 @@ GC_YOUNG_THRESHOLD = 7_000
 """Tracked allocations (net) between young collections while the app runs (Python: 700)."""
 
 
+def tune_collector(app: web.Application) -> None:
+    """Tune the garbage collector for a process that serves ``app`` and nothing else (the
+    CLI and the benchmarks call this; :func:`create_app` leaves process-wide state alone).
+
+    What start-up built (modules, models, the app) lives as long as the process: moved out of
+    the collector's generations (``gc.freeze()``), a full collection walks only what sessions
+    hold (Python's gc docs give the same reasoning for forked servers). A young generation of
+    7,000 (not 700): each live session holds ~150 tracked objects, so sessions arriving drive
+    collections; at the default, full collections paused the loop 11–19 ms three times in an
+    8 s trial of 300 sessions, at 7,000 none paused it 10 ms, at 50,000 the young collections
+    themselves took 13–21 ms (bench/capacity.py --gc log). Restored when the app cleans up.
+    """
+
+    async def tuned(app: web.Application) -> AsyncIterator[None]:
+        thresholds = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+        yield
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+    app.cleanup_ctx.append(tuned)
+
+
 def create_app(
     settings: Settings | None = None,
-    providers: Callable[[WorkerPool], dict[str, EngineProvider]] | None = None,
+    providers: Providers | None = None,
+    runtime: EngineRuntime | None = None,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
     Args:
         settings: configuration; default: read from the environment and ``.env``.
-        providers: builds the engines by config name from the engine worker pool; default:
-            the embedded ``local`` engine, ``whisper`` (available when its model is) and
-            ``deepgram`` (available when its key is set).
-            Tests and benchmarks pass their own.
+        providers: builds the engines by config name from the engine runtime; default: the
+            embedded ``local`` engine, ``whisper`` (available when its model is) and
+            ``deepgram`` (available when its key is set). Tests and benchmarks pass their own.
+        runtime: engine worker processes to use and leave running (several apps may share
+            one; its options should be ``RuntimeOptions.of(settings)``); default: the app's
+            own, started when the app starts and stopped on cleanup.
 
-    The engine worker processes start when the app starts and stop on cleanup; live sessions
-    are closed (``session_end`` reason ``shutdown``) when the server shuts down.
+    Live sessions are closed (``session_end`` reason ``shutdown``) when the server shuts
+    down.
     """
     settings = settings or Settings()
     # Request URLs in the access log may carry ?access_token=: blank it wherever it is logged.
@@ -86,8 +118,9 @@ def create_app(
         # request: a client that trickles its headers (slowloris) is closed when it fires.
         handler_args={"keepalive_timeout": settings.header_timeout_s},
     )
-    workers = WorkerPool(settings.engine_processes, idle_release_s=settings.engine_idle_release_s)
-    engines = (providers or _default_providers(settings))(workers)
+    owns_runtime = runtime is None
+    runtime = runtime or EngineRuntime(RuntimeOptions.of(settings))
+    engines = (providers or _default_providers(settings))(runtime)
     metrics = GatewayMetrics()
     registry = SessionRegistry(settings, engines, metrics)
     summarizer = None
@@ -102,7 +135,7 @@ def create_app(
         )
     metrics.watch(registry)
     app[SETTINGS] = settings
-    app[WORKERS] = workers
+    app[WORKERS] = runtime.workers
     app[METRICS] = metrics
     app[REGISTRY] = registry
     if authenticator is not None:
@@ -116,7 +149,7 @@ def create_app(
     allow_cross_origin(app, settings.cors_origins)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        workers.start()
+        runtime.start()
         if (default := engines.get(settings.default_engine)) is not None:
             if (reason := default.unavailable_reason()) is not None:
                 # Sessions that name no engine will get 422 engine_unavailable: say so now.
@@ -124,20 +157,7 @@ def create_app(
                     "the default engine %r is not available: %s", settings.default_engine, reason
                 )
             default.prepare()
-        # What start-up built (modules, models, the app) lives as long as the process: moved
-        # out of the collector's generations, a full collection walks only what sessions hold
-        # (Python's gc docs: "gc.freeze() … after fork", the same reasoning for one process).
-        # A young generation of 7,000 (not 700): each live session holds ~150 tracked objects,
-        # so sessions arriving drive collections; at the default, full collections paused the
-        # loop 11–19 ms three times in an 8 s trial of 300 sessions, at 7,000 none paused it
-        # 10 ms, at 50,000 the young collections themselves took 13–21 ms (capacity.py --gc log).
-        thresholds = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         yield
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()  # an app in a longer-lived process (tests) gives its objects back
         if registry.cluster is not None:
             await registry.cluster.close()
             registry.cluster = None
@@ -145,7 +165,8 @@ def create_app(
             await provider.close()
         if summarizer is not None:
             await summarizer.close()
-        await workers.close()
+        if owns_runtime:
+            await runtime.close()
 
     async def close_sessions(app: web.Application) -> None:
         await app[REGISTRY].close_all("shutdown")

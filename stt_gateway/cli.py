@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from . import __version__
-from .app import create_app, start_cluster
+from .app import create_app, start_cluster, tune_collector
 from .auth import SCOPES
 from .client import follow_session, mint_token, stream_file
 from .settings import Settings
@@ -209,11 +209,13 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(_run_workers(settings))
     _configure_logging(settings)
     logging.getLogger("stt_gateway").info("%s", auth_mode(settings))
+    app = create_app(settings)
+    tune_collector(app)
     if settings.redis_url is not None:
-        asyncio.run(serve_shared(create_app(settings), settings, reuse_port=False))
+        asyncio.run(serve_shared(app, settings, reuse_port=False))
         return
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log=_access_log(settings),
@@ -277,8 +279,10 @@ async def serve_shared(app: web.Application, settings: Settings, reuse_port: boo
 def _worker(settings: Settings) -> None:
     """One of ``--workers`` processes (spawned)."""
     _configure_logging(settings)
+    app = create_app(settings)
+    tune_collector(app)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_shared(create_app(settings), settings, reuse_port=True))
+        asyncio.run(serve_shared(app, settings, reuse_port=True))
 
 
 def _run_workers(settings: Settings) -> int:

@@ -16,11 +16,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from stt_gateway.app import create_app, start_cluster
-from stt_gateway.engines.local import DEFAULT_ENDPOINTING_MS, LocalEngineProvider
+from stt_gateway.engines.local import DEFAULT_ENDPOINTING_MS, LocalEngineProvider, warm_decoders
+from stt_gateway.engines.runtime import EngineRuntime, RuntimeOptions
 from stt_gateway.engines.whisper import (
+    LoadModel,
     WhisperEngineProvider,
     WhisperRecognizerSpec,
     finals_in_process,
+    find_model,
 )
 from stt_gateway.engines.workers import WorkerPool
 from stt_gateway.events import FinalData
@@ -55,14 +58,41 @@ def collect_leaks() -> Iterator[None]:
     gc.collect()
 
 
+@pytest.fixture(scope="session")
+def engine_runtime() -> Iterator[EngineRuntime]:
+    """The engine worker processes for the whole run, warm: every gateway whose settings ask
+    for the same processes uses these (spawning and warming its own cost each test ~2–3 s of
+    CPU). Tests that stop, kill or starve workers ask for other options and get their own."""
+    runtime = EngineRuntime(RuntimeOptions.of(make_settings()))
+
+    async def warm() -> None:
+        runtime.workers.warm(warm_decoders)
+        await runtime.workers.ready()
+        load = LoadModel(find_model(None).path)
+        runtime.pass_workers.start()
+        await asyncio.gather(
+            *(runtime.pass_workers.warm_worker(i, load) for i in range(runtime.pass_workers.size))
+        )
+
+    asyncio.run(warm())
+    yield runtime
+    asyncio.run(runtime.close())
+
+
+def runtime_for(settings: Settings, shared: EngineRuntime) -> EngineRuntime | None:
+    """``shared`` when ``settings`` ask for its processes, else None (the app's own)."""
+    return shared if RuntimeOptions.of(settings) == shared.options else None
+
+
 @pytest.fixture
 async def start_gateway(
-    aiohttp_server: ServerFactory,
+    aiohttp_server: ServerFactory, engine_runtime: EngineRuntime
 ) -> Callable[..., Coroutine[Any, Any, Gateway]]:
     """Start a gateway (real aiohttp server on 127.0.0.1, free port) with given settings."""
 
     async def start(**overrides: Any) -> Gateway:
-        app = create_app(make_settings(**overrides))
+        settings = make_settings(**overrides)
+        app = create_app(settings, runtime=runtime_for(settings, engine_runtime))
         server = await aiohttp_server(app)
         return Gateway(base=str(server.make_url("")).rstrip("/"), app=app)
 
@@ -96,7 +126,7 @@ def direct_whisper_finals(clip: Clip, **overrides: Any) -> list[FinalData]:
     finds the utterances, the gateway's own Whisper pass makes each final (``overrides``:
     settings)."""
     settings = make_settings(**overrides)
-    whisper = WhisperEngineProvider(WorkerPool(1), settings).whisper_pass("en")
+    whisper = WhisperEngineProvider(WorkerPool(1), WorkerPool(1), settings).whisper_pass("en")
     recognizer = WhisperRecognizerSpec(
         16_000, DEFAULT_ENDPOINTING_MS, True, settings.whisper_early_pass_ms
     ).build()
@@ -141,11 +171,12 @@ async def start_process(
 
 @pytest.fixture
 async def shared_gateway(
-    aiohttp_server: ServerFactory, redis_server: RedisServer
+    aiohttp_server: ServerFactory, redis_server: RedisServer, engine_runtime: EngineRuntime
 ) -> AsyncIterator[Gateway]:
     """Two gateways sharing sessions on ``redis_server``, behind a round-robin balancer: each
     new connection goes to the other one, so a session's requests land on both."""
-    apps = [create_app(make_settings(redis_url=redis_server.url)) for _ in range(2)]
+    settings = make_settings(redis_url=redis_server.url)
+    apps = [create_app(settings, runtime=engine_runtime) for _ in range(2)]
     servers = [await aiohttp_server(app) for app in apps]
     for app, server in zip(apps, servers, strict=True):
         await start_cluster(app, str(server.make_url("")).rstrip("/"))

@@ -27,7 +27,7 @@ async def test_a_slow_session_does_not_delay_another(
 ) -> None:
     app = create_app(
         make_settings(engine_processes=2, default_engine="echo"),
-        providers=lambda w: {"echo": EchoProvider(w)},
+        providers=lambda r: {"echo": EchoProvider(r.workers)},
     )
     server: TestServer = await aiohttp_server(app)
     base = str(server.make_url("")).rstrip("/")

@@ -144,7 +144,7 @@ async def test_close_waits_for_an_engine_that_is_slow_but_progressing(
         make_settings(
             engine_processes=1, close_timeout_s=0.5, max_audio_lead_s=100.0, default_engine="echo"
         ),
-        providers=lambda w: {"echo": EchoProvider(w)},
+        providers=lambda r: {"echo": EchoProvider(r.workers)},
     )
     base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
     session = await create_session(http, base, {"model": "slow"})

@@ -62,24 +62,23 @@ class _Job(Generic[T]):
 
 
 class SecondPassPool:
-    """``processes`` worker processes taking jobs from a FIFO of at most ``queue_size``.
+    """The processes of ``workers`` taking jobs from a FIFO of at most ``queue_size``.
 
     Args:
-        processes: worker processes (spawned on :meth:`start`).
+        workers: the worker processes (spawned on :meth:`start`; their owner stops them, as
+            several pools, one per app, may share them in turn).
         queue_size: jobs that may wait for a worker; beyond it :meth:`submit` refuses.
-        warmup: a picklable job each worker runs once before its first real job (loads the
-            model, so the first utterance does not pay for it).
-        niceness: added to the workers' scheduling niceness (see :class:`.workers.WorkerPool`).
+        warmup: a picklable, hashable job each worker process runs once before its first
+            real job (loads the model, so the first utterance does not pay for it).
     """
 
     def __init__(
         self,
-        processes: int,
+        workers: WorkerPool,
         queue_size: int,
         warmup: Callable[[], Any] | None = None,
-        niceness: int = 0,
     ) -> None:
-        self._workers = WorkerPool(processes, niceness=niceness)
+        self._workers = workers
         self._queue: asyncio.Queue[_Job[Any]] | None = None
         self._queue_size = queue_size
         self._warmup = warmup
@@ -130,10 +129,7 @@ class SecondPassPool:
     async def _runner(self, index: int) -> None:
         assert self._queue is not None
         if self._warmup is not None:
-            try:
-                await self._workers.run(index, self._warmup)
-            except Exception:
-                log.exception("second-pass worker %d failed to warm up", index)
+            await self._workers.warm_worker(index, self._warmup)
         while True:
             job = await self._queue.get()
             self.stats.queued -= 1
@@ -157,7 +153,7 @@ class SecondPassPool:
                 self.stats.running -= 1
 
     async def close(self) -> None:
-        """Stop the runners and the workers; jobs still waiting are cancelled."""
+        """Stop the runners (not the worker processes); jobs still waiting are cancelled."""
         for runner in self._runners:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
@@ -166,4 +162,3 @@ class SecondPassPool:
             while not self._queue.empty():
                 self._queue.get_nowait().future.cancel()
             self._queue = None
-        await self._workers.close()

@@ -454,14 +454,14 @@ class WhisperEngineProvider(EngineProvider):
 
     Args:
         workers: the engine worker processes (the streaming first pass runs there).
-        settings: ``whisper_*`` settings; ``whisper_processes`` and ``whisper_queue`` size the
-            pool the Whisper passes run in (started with the first session, or at app start
-            when this is the default engine).
+        pass_workers: the processes the Whisper passes run in (started with the first
+            session, or at app start when this is the default engine).
+        settings: ``whisper_*`` settings; ``whisper_queue`` bounds the passes waiting.
     """
 
     name = "whisper"
 
-    def __init__(self, workers: WorkerPool, settings: Settings) -> None:
+    def __init__(self, workers: WorkerPool, pass_workers: WorkerPool, settings: Settings) -> None:
         self._workers = workers
         self._settings = settings
         self._model: WhisperModelInfo | None = None
@@ -473,10 +473,7 @@ class WhisperEngineProvider(EngineProvider):
             self._error = str(exc)
         else:
             self._passes = SecondPassPool(
-                settings.whisper_processes,
-                settings.whisper_queue,
-                LoadModel(self._model.path),
-                niceness=settings.whisper_niceness,
+                pass_workers, settings.whisper_queue, LoadModel(self._model.path)
             )
 
     @property
