@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, tree_cpu_s, wait_up  # noqa: E402
 from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
-from stt_gateway.engines.pooled import Recognizer, RecognizerOutput  # noqa: E402
+from stt_gateway.engines.recognizer import Recognizer, RecognizerOutput  # noqa: E402
 from stt_gateway.engines.whisper import (  # noqa: E402
     WhisperEngineProvider,
     WhisperPass,

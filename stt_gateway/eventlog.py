@@ -26,7 +26,7 @@ from .events import ErrorData, EventData, encode_event, event_type_of
 from .hub import Hub, Record, Subscription
 
 if TYPE_CHECKING:
-    from .session import SessionObserver
+    from .observer import SessionObserver
 
 _Frozen = tuple[int | None, str, bytes, bytes]
 """A :class:`Record`'s fields as a plain tuple (see ``EventLog._ring``)."""

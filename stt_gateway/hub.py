@@ -32,7 +32,7 @@ from .errors import TooManySubscribers
 from .events import ErrorData, SummaryTokenData, encode_event
 
 if TYPE_CHECKING:
-    from .session import SessionObserver
+    from .observer import SessionObserver
 
 
 class Record(NamedTuple):

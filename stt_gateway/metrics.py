@@ -26,8 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .engines.second_pass import WAIT_BUCKETS_S
-from .session import SessionObserver
+from .engines.base import WAIT_BUCKETS_S
+from .observer import SessionObserver
 
 if TYPE_CHECKING:
     from .registry import SessionRegistry

@@ -23,8 +23,8 @@ from .errors import (
     StoreUnavailable,
     TooManySessions,
 )
-from .metrics import GatewayMetrics
 from .models import SessionConfig
+from .observer import ObserverFactory
 from .session import Session, SessionLimits
 from .settings import Settings
 from .summary import Summarizer
@@ -50,7 +50,7 @@ class SessionRegistry:
         self,
         settings: Settings,
         providers: dict[str, EngineProvider],
-        metrics: GatewayMetrics | None = None,
+        metrics: ObserverFactory | None = None,
     ) -> None:
         self._settings = settings
         self.providers = providers

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 from pydantic import TypeAdapter
 
@@ -54,45 +54,13 @@ from .events import (
 )
 from .hub import Record, Subscription
 from .models import SessionConfig, SessionInfo, SessionState, SummaryOptions, Transcript
+from .observer import NullObserver, SessionObserver
 from .summary import Summarizer, build_prompt
 
 log = logging.getLogger(__name__)
 
 _ARRIVALS_KEPT = 3000
 """Audio chunks whose arrival time is remembered for latency figures (60 s of 20 ms frames)."""
-
-
-class SessionObserver(Protocol):
-    """Receives what the metrics need; the core knows nothing of Prometheus."""
-
-    def published(self, event_type: str, code: str | None) -> None:
-        """An event went out (``code`` for ``error`` events)."""
-
-    def latency(self, kind: str, seconds: float) -> None:
-        """``ttft`` (speech onset → first interim), ``final`` (end of speech → final) or
-        ``added`` (audio in → the result covering it published), in seconds."""
-
-    def dropped(self, kind: str, count: int = 1) -> None:
-        """``coalesced`` interims or ``slow_consumer`` cuts."""
-
-    def ended(self, reason: str) -> None:
-        """The session ended with ``session_end`` ``reason``."""
-
-
-class NullObserver:
-    """Observes nothing."""
-
-    def published(self, event_type: str, code: str | None) -> None:
-        pass
-
-    def latency(self, kind: str, seconds: float) -> None:
-        pass
-
-    def dropped(self, kind: str, count: int = 1) -> None:
-        pass
-
-    def ended(self, reason: str) -> None:
-        pass
 
 
 class _Final(NamedTuple):

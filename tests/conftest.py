@@ -45,6 +45,30 @@ class Gateway:
     app: web.Application
 
 
+MODULE_MARKS = {
+    "test_deepgram_sdk": "sdk",
+    "test_deepgram_js": "sdk",
+    "test_deepgram_v3": "sdk",
+    "test_bench": "bench",
+}
+"""Tests marked by the module they are in."""
+
+FIXTURE_MARKS = {"launch": "browser", "redis_server": "cluster", "llama_server": "llm"}
+"""Tests marked by a fixture they use (directly or through another fixture)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need a browser, an SDK, Redis, llama.cpp or a benchmark run
+    (markers in setup.cfg): ``pytest -m "not (browser or sdk or cluster or llm or bench)"``
+    is the fast loop, CI runs everything."""
+    for item in items:
+        marks = {MODULE_MARKS.get(item.path.stem, "")}
+        fixtures = getattr(item, "fixturenames", ())
+        marks |= {mark for fixture, mark in FIXTURE_MARKS.items() if fixture in fixtures}
+        for mark in sorted(marks - {""}):
+            item.add_marker(mark)
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: no ``.env`` from the developer's directory."""
     return Settings(_env_file=None, **overrides)

@@ -188,15 +188,19 @@ async def test_deepgram_without_a_key_is_unavailable(
     assert engines["deepgram"]["languages"][0] == "ko"
 
 
-async def test_deepgram_30s_pause_mid_session_is_kept_alive(
+async def test_deepgram_pause_of_three_idle_limits_mid_session_is_kept_alive(
     start_dg: StartDG, fake: FakeDeepgram, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_dg()
+    """Deepgram closes a socket idle for 10 s and the gateway sends KeepAlive after 4 s
+    without audio; both scaled by 1/5 here (the property is their ratio, not the seconds):
+    a pause of three idle limits keeps the socket."""
+    fake.inactivity_timeout_s = 2.0
+    gw = await start_dg(deepgram_keepalive_s=0.8)
     c = clip("librivox-sns-0880")
-    events = await run_session(http, gw, c, "ws", pause_at_s=1.5, pause_s=30.0)
+    events = await run_session(http, gw, c, "ws", pause_at_s=1.5, pause_s=6.0)
     (conn,) = fake.connections
-    print(f"\nKeepAlive frames during a 30 s pause: {conn.keepalives}")
-    assert conn.keepalives >= 6  # every ~4 s; the fake closes after 10 s without a frame
+    print(f"\nKeepAlive frames during a 6 s pause: {conn.keepalives}")
+    assert conn.keepalives >= 6  # every ~0.8 s; the fake closes after 2 s without a frame
     assert conn.closed_with == 1000
     assert not events.of_type("error")
     assert same_words(events.finals_text(), c.reference)

@@ -7,7 +7,7 @@ import numpy as np
 import soxr
 
 from stt_gateway.engines.local import LocalRecognizer, LocalResources, local_resources
-from stt_gateway.engines.pooled import RecognizerOutput, UtteranceAudio, UtterancePause
+from stt_gateway.engines.recognizer import RecognizerOutput, UtteranceAudio, UtterancePause
 from stt_gateway.events import FinalData, SpeechEndData, SpeechStartData
 from tests.audio_files import clip, clips, wer
 from tests.gateway_client import frames

@@ -13,13 +13,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from ..events import EngineResult
 from ..models import SessionConfig
 
-if TYPE_CHECKING:
-    from .second_pass import SecondPassStats
+WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+"""Upper bounds (s) of the queue-wait histogram's buckets (``+Inf`` is implied)."""
+
+
+@dataclass
+class SecondPassStats:
+    """Counters since the pool started (for metrics and ``/info``).
+
+    ``wait_buckets[i]`` counts jobs that waited at most ``WAIT_BUCKETS_S[i]`` seconds
+    (not cumulative; the last entry counts longer waits).
+    """
+
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    refused: int = 0
+    failed: int = 0
+    late: int = 0
+    """Jobs whose result came too late to be used (the caller gave up waiting)."""
+    wait_sum_s: float = 0.0
+    wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS_S) + 1))
 
 
 class Engine(ABC):

@@ -32,7 +32,8 @@ from ..events import (
 )
 from ..models import SessionConfig
 from .base import Engine, EngineProvider
-from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
+from .pooled import PooledEngine
+from .recognizer import RecognizerOutput, UtteranceAudio, UtterancePause
 from .resources import IdlePool
 from .vad import VAD_RATE, WINDOW_SAMPLES, SileroVad
 from .workers import WorkerPool
@@ -103,7 +104,7 @@ class LocalRecognizer:
         resources: where the decoder and the VAD come from and go back to: the VAD at the
             first audio (back on :meth:`close`), the decoder at speech onset (back at the
             utterance's end).
-        keep_audio: hand each utterance back as :class:`~.pooled.UtteranceAudio` (its audio,
+        keep_audio: hand each utterance back as :class:`~.recognizer.UtteranceAudio` (its audio,
             pocketsphinx's final and the ``speech_end``) for a second pass to make the final.
         pause_ms: with ``keep_audio``, after this much VAD silence inside an utterance (less
             than ``endpointing_ms``) hand back the audio so far as :class:`~.pooled.

@@ -1,14 +1,14 @@
 """An :class:`Engine` over a synchronous recogniser that runs in an engine worker process.
 
-The recogniser is a plain object (:class:`Recognizer`): bytes in, results out, no asyncio. It
-is described by a picklable :class:`RecognizerSpec` and built inside a worker (see
-:mod:`stt_gateway.engines.workers`). :class:`PooledEngine` pumps it: audio and commands go
-through one inbox, and audio already queued is sent to the worker as one batch, so a stream
-that fell behind catches up in few round trips.
+The recogniser (:class:`~.recognizer.Recognizer`: bytes in, results out, no asyncio) is
+described by a picklable spec and built inside a worker (see :mod:`.workers`).
+:class:`PooledEngine` pumps it: audio and commands go through one inbox, and audio already
+queued is sent to the worker as one batch, so a stream that fell behind catches up in few
+round trips.
 
-A recogniser may hand back an utterance's audio at its endpoint (:class:`UtteranceAudio`) for
-a second, slower pass run elsewhere (engine ``whisper``); :class:`PooledEngine` alone publishes
-the first pass's final it carries.
+A recogniser may hand back an utterance's audio at its endpoint
+(:class:`~.recognizer.UtteranceAudio`) for a second, slower pass run elsewhere (engine
+``whisper``); :class:`PooledEngine` alone publishes the first pass's final it carries.
 """
 
 from __future__ import annotations
@@ -17,77 +17,11 @@ import asyncio
 import enum
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
-from ..events import EngineResult, FinalData, SpeechEndData, TokenData
+from ..events import EngineResult, TokenData
 from .base import Engine
-
-if TYPE_CHECKING:
-    from .workers import WorkerPool, WorkerStream
-
-
-@dataclass(frozen=True, slots=True)
-class UtteranceAudio:
-    """An utterance ended: its audio, for a second pass that makes the final.
-
-    Attributes:
-        pcm: the utterance's 16 kHz mono PCM16 (pre-roll included), bytes.
-        start_s: session time (s) of its first sample.
-        speech_final: whether silence ended it (``False``: finalize, close, or length cap).
-        fallback: the first pass's own final (``None``: it heard no words), published when
-            the second pass cannot run.
-        speech_end: the ``speech_end`` that follows the final (``None`` when speech goes on).
-        after_pause: only silence (by the VAD) came after the last :class:`UtterancePause`
-            of this utterance, so a second pass over that pause's audio covers it all.
-    """
-
-    pcm: bytes
-    start_s: float
-    speech_final: bool
-    fallback: FinalData | None
-    speech_end: SpeechEndData | None
-    after_pause: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UtterancePause:
-    """Speech paused inside an utterance (shorter than the endpointing silence so far): its
-    audio up to here, so a second pass may start before the endpoint confirms the end.
-
-    Attributes:
-        pcm: the utterance so far, 16 kHz mono PCM16, bytes.
-        start_s: session time (s) of its first sample.
-    """
-
-    pcm: bytes
-    start_s: float
-
-
-RecognizerOutput = EngineResult | UtteranceAudio | UtterancePause
-
-
-class Recognizer(Protocol):
-    """A synchronous recognition stream. Never called from two threads at once."""
-
-    def process(self, pcm: bytes) -> list[RecognizerOutput]:
-        """Take PCM16 audio (any whole number of samples); return the results it produced."""
-        ...
-
-    def finalize(self) -> list[RecognizerOutput]:
-        """End the utterance in progress now; return its final results."""
-        ...
-
-    def close(self) -> list[RecognizerOutput]:
-        """End the stream: flush buffered audio and finalize; return the last results.
-        The recogniser is not used afterwards."""
-        ...
-
-
-class RecognizerSpec(Protocol):
-    """A picklable description of a recogniser; :meth:`build` runs in the worker process."""
-
-    def build(self) -> Recognizer: ...
+from .recognizer import RecognizerOutput, RecognizerSpec, UtteranceAudio, UtterancePause
+from .workers import WorkerPool, WorkerStream
 
 
 class _Command(enum.Enum):

@@ -22,36 +22,15 @@ import bisect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .base import WAIT_BUCKETS_S, SecondPassStats
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
-"""Upper bounds (s) of the queue-wait histogram's buckets (``+Inf`` is implied)."""
-
-
-@dataclass
-class SecondPassStats:
-    """Counters since the pool started (for metrics and ``/info``).
-
-    ``wait_buckets[i]`` counts jobs that waited at most ``WAIT_BUCKETS_S[i]`` seconds
-    (not cumulative; the last entry counts longer waits).
-    """
-
-    queued: int = 0
-    running: int = 0
-    done: int = 0
-    refused: int = 0
-    failed: int = 0
-    late: int = 0
-    """Jobs whose result came too late to be used (the caller gave up waiting)."""
-    wait_sum_s: float = 0.0
-    wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS_S) + 1))
 
 
 @dataclass

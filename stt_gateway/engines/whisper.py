@@ -48,10 +48,11 @@ from ..errors import EngineError, InvalidConfig
 from ..events import EngineResult, FinalData, SpeechEndData, Word
 from ..models import SessionConfig
 from ..settings import Settings
-from .base import Engine, EngineProvider
+from .base import Engine, EngineProvider, SecondPassStats
 from .local import DEFAULT_ENDPOINTING_MS, LocalRecognizer, process_resources, warm_decoders
-from .pooled import PooledEngine, RecognizerOutput, UtteranceAudio, UtterancePause
-from .second_pass import SecondPassPool, SecondPassStats
+from .pooled import PooledEngine
+from .recognizer import RecognizerOutput, UtteranceAudio, UtterancePause
+from .second_pass import SecondPassPool
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from ..errors import EngineError
 from . import resources
-from .pooled import Recognizer, RecognizerOutput, RecognizerSpec
+from .recognizer import Recognizer, RecognizerOutput, RecognizerSpec
 
 T = TypeVar("T")
 

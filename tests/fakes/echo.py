@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 
 from stt_gateway.engines.base import Engine, EngineProvider
-from stt_gateway.engines.pooled import PooledEngine, RecognizerOutput
+from stt_gateway.engines.pooled import PooledEngine
+from stt_gateway.engines.recognizer import RecognizerOutput
 from stt_gateway.engines.workers import WorkerPool
 from stt_gateway.events import FinalData, TokenData
 from stt_gateway.models import SessionConfig
