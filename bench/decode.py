@@ -3,7 +3,7 @@ one ``local`` session fed WebM/Opus beside one fed PCM16, in the same run.
 
 1. In this process, every shared clip (one after another, ~28 s of audio) is converted to each
    format (``tests/audio_convert.py``: WAV, Ogg/Opus, WebM/Opus, MP3, FLAC, 8 kHz μ-law and
-   A-law, stereo) and pushed through :class:`stt_gateway.decode.AudioStream` in pieces of
+   A-law, stereo) and pushed through :class:`stt_gateway.audio.stream.AudioStream` in pieces of
    20 ms of audio (bytes/s of the format × 0.02), then drained. The figure is wall time per
    second of audio (µs/s; the PyAV thread's time is inside it, as the session awaits it),
    the best of ``--repeat`` runs; linear16 is the fast path (the chunk is its own PCM).
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, tree_cpu_s, wait_up  # noqa: E402
-from stt_gateway.decode import AudioStream  # noqa: E402
+from stt_gateway.audio.stream import AudioStream  # noqa: E402
 from tests.audio_convert import FORMATS, Converted, convert  # noqa: E402
 from tests.audio_files import Clip, clips  # noqa: E402
 

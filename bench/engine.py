@@ -44,10 +44,10 @@ from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
 from stt_gateway.engines.recognizer import Recognizer, RecognizerOutput  # noqa: E402
 from stt_gateway.engines.whisper import (  # noqa: E402
     WhisperEngineProvider,
-    WhisperPass,
     WhisperRecognizerSpec,
     finals_in_process,
 )
+from stt_gateway.engines.whisper_model import WhisperPass  # noqa: E402
 from stt_gateway.engines.workers import WorkerPool  # noqa: E402
 from stt_gateway.events import FinalData  # noqa: E402
 from stt_gateway.models import SessionConfig  # noqa: E402

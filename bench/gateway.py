@@ -31,11 +31,11 @@ from bench.common import raise_fd_limit  # noqa: E402
 from stt_gateway.app import Providers, create_app, tune_collector  # noqa: E402
 from stt_gateway.cli import serve_shared  # noqa: E402
 from stt_gateway.engines.base import Engine, EngineProvider  # noqa: E402
-from stt_gateway.engines.deepgram import DeepgramProvider  # noqa: E402
 from stt_gateway.engines.local import LocalEngineProvider  # noqa: E402
 from stt_gateway.engines.runtime import EngineRuntime  # noqa: E402
 from stt_gateway.engines.whisper import WhisperEngineProvider  # noqa: E402
 from stt_gateway.events import EngineResult, FinalData, TokenData  # noqa: E402
+from stt_gateway.fronts.deepgram.upstream import DeepgramProvider  # noqa: E402
 from stt_gateway.models import SessionConfig  # noqa: E402
 from stt_gateway.settings import Settings  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 PCM16 audio comes in over WebSocket or HTTP; interim and final transcripts go out over
 Server-Sent Events and WebSocket to any number of subscribers. The public contract is
-``docs/api.md`` in the shared folder; :func:`stt_gateway.app.create_app` builds the server.
+``docs/api.md``; :func:`stt_gateway.app.create_app` builds the server.
 """
 
 __version__ = "0.1.0"

@@ -12,21 +12,21 @@ from swagger_ui import api_doc
 from .auth import Authenticator
 from .cluster import Cluster
 from .engines.base import EngineProvider
-from .engines.deepgram import DeepgramProvider
 from .engines.local import LocalEngineProvider
 from .engines.runtime import EngineRuntime, RuntimeOptions
 from .engines.whisper import WhisperEngineProvider
+from .fronts.deepgram import listen
+from .fronts.deepgram.upstream import DeepgramProvider
 from .llm import OpenAIChat
 from .metrics import GatewayMetrics
 from .registry import SessionRegistry
 from .settings import Settings
-from .transports import info, listen, rest, sse, ws
-from .transports.auth import REDACT_TOKENS, auth_middleware
-from .transports.common import AUTH, METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
-from .transports.cors import allow_cross_origin
-from .transports.guard import open_mode_guard
-from .transports.listen import deepgram_errors
-from .transports.remote import owner_client
+from .web import info, rest, sse, ws
+from .web.common import AUTH, METRICS, REGISTRY, SETTINGS, WORKERS, error_middleware
+from .web.cors import allow_cross_origin
+from .web.credentials import REDACT_TOKENS, auth_middleware
+from .web.guard import open_mode_guard
+from .web.remote import owner_client
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def create_app(
     app = web.Application(
         # error_middleware outermost: the gate's refusals get the JSON error body too; on
         # Deepgram's routes deepgram_errors (inside it, around the gate) gives them its shape.
-        middlewares=[error_middleware, deepgram_errors, gate],
+        middlewares=[error_middleware, listen.deepgram_errors, gate],
         client_max_size=settings.max_request_bytes,
         # aiohttp arms this timer when a connection opens and only rearms it after a whole
         # request: a client that trickles its headers (slowloris) is closed when it fires.

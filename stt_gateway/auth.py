@@ -1,7 +1,7 @@
-"""Who may call: API keys, short-lived scoped tokens, and what each may do (``docs/api.md`` v2,
+"""Who may call: API keys, short-lived scoped tokens, and what each may do (``docs/api.md``,
 "Who may call").
 
-Nothing here knows HTTP: :mod:`.transports.auth` finds the credential in a request and asks an
+Nothing here knows HTTP: :mod:`.web.credentials` finds the credential in a request and asks an
 :class:`Authenticator` who it belongs to; handlers then ask :meth:`Principal.require` whether
 that caller may do one thing to one session.
 

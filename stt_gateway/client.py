@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import aiohttp
 import av
 
-from .decode import SNIFF_BYTES, Container, sniff
+from .audio.sniff import SNIFF_BYTES, Container, sniff
 
 FRAME_MS = 20
 

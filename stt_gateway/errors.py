@@ -108,7 +108,7 @@ class SessionClosed(GatewayError):
 
 class ProducerConflict(GatewayError):
     """Audio from a connection that is not the session's producer: another WebSocket already
-    holds the session's audio (``docs/api.md`` v2, "One client cannot hurt another")."""
+    holds the session's audio (``docs/api.md``, "One client cannot hurt another")."""
 
     code = "producer_conflict"
     status = 409
@@ -169,7 +169,7 @@ class InvalidResumeId(GatewayError):
 
 class Unauthorized(GatewayError):
     """No credential, or one that is malformed, unknown, expired or badly signed (never which:
-    ``docs/api.md`` v2, "Who may call"). Answered with ``WWW-Authenticate: Bearer``."""
+    ``docs/api.md``, "Who may call"). Answered with ``WWW-Authenticate: Bearer``."""
 
     code = "unauthorized"
     status = 401

@@ -34,6 +34,12 @@ class TokenData(_Data):
     )
 
 
+def unit_interval(x: float) -> float:
+    """``x`` clamped to [0, 1]: a confidence as the contract gives it (engines' own scores can
+    stray past either end)."""
+    return min(1.0, max(0.0, x))
+
+
 class Word(_Data):
     """One recognised word with its span in session audio (s) and confidence (0–1)."""
 
@@ -106,7 +112,7 @@ class SummaryTokenData(_Data):
 
 
 class SummaryData(_Data):
-    """A whole summary of the transcript so far (``docs/api.md`` v2, "Summary at the end")."""
+    """A whole summary of the transcript so far (``docs/api.md``, "Summary at the end")."""
 
     text: str
     model: str = Field(description="the LLM that wrote it")

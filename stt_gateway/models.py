@@ -26,7 +26,7 @@ which names serve here."""
 
 
 class SummaryOptions(BaseModel):
-    """How a session's summary is asked for (``docs/api.md`` v2, "Summary at the end")."""
+    """How a session's summary is asked for (``docs/api.md``, "Summary at the end")."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -133,7 +133,7 @@ class CreateSessionBody(BaseModel):
 
 
 class SessionTokens(BaseModel):
-    """Tokens for one session, so a browser needs nothing else (``docs/api.md`` v2)."""
+    """Tokens for one session, so a browser needs nothing else (``docs/api.md``)."""
 
     publish: str = Field(description="session:publish: audio, controls and DELETE")
     read: str = Field(description="session:read: GET, transcript, SSE and WebSocket events")

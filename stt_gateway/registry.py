@@ -23,9 +23,10 @@ from .errors import (
     StoreUnavailable,
     TooManySessions,
 )
+from .limits import SessionLimits
 from .models import SessionConfig
 from .observer import ObserverFactory
-from .session import Session, SessionLimits
+from .session import Session
 from .settings import Settings
 from .summary import Summarizer
 

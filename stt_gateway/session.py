@@ -5,14 +5,12 @@ Lifecycle (``docs/api.md``)::
     created ──first audio──► streaming ──close()──► closing ──last finals, session_end──► closed
        └───────────────────────close()──────────────────┘
 
-Audio goes in through :meth:`Session.feed`, from one producer at a time: the first
-connection that feeds with a ``producer`` identity holds the session's audio until it calls
-:meth:`Session.release_producer`; audio from anyone else meanwhile raises ``ProducerConflict``
-(two streams interleaved into one recogniser would garble both). One pump task turns the
-engine's results into events. :meth:`Session.close` asks the engine to flush, waits (bounded)
-for its last results, streams the summary if the config asks for one (:mod:`~stt_gateway.summary`),
-publishes ``session_end`` and returns the transcript; it is idempotent and every caller gets
-the same outcome.
+Audio goes in through :meth:`Session.feed`, from one producer at a time (:mod:`.ingest`). One
+pump task turns the engine's results into events (:mod:`.eventlog`), the transcript
+(:mod:`.transcript`) and latency figures (:mod:`.latency`). :meth:`Session.close` asks the
+engine to flush, waits (bounded) for its last results, streams the summary if the config asks
+for one (:mod:`.summary`), publishes ``session_end`` and returns the transcript; it is
+idempotent and every caller gets the same outcome.
 """
 
 from __future__ import annotations
@@ -21,101 +19,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
 
-from pydantic import TypeAdapter
-
-from .audio import BYTES_PER_SAMPLE, check_chunk
-from .decode import AudioStream
+from .audio.pcm import BYTES_PER_SAMPLE, check_chunk
 from .engines.base import Engine
 from .errors import (
     AudioLeadExceeded,
     GatewayError,
-    ProducerConflict,
     SessionClosed,
     SummaryFailed,
     SummaryUnavailable,
-    UnsupportedAudio,
 )
 from .eventlog import EventLog
-from .events import (
-    EngineResult,
-    ErrorData,
-    FinalData,
-    FinalEvent,
-    SessionEndData,
-    SpeechStartData,
-    SummaryData,
-    SummaryTokenData,
-    TokenData,
-)
+from .events import EngineResult, ErrorData, FinalData, SessionEndData, SummaryData, TokenData
 from .hub import Record, Subscription
+from .ingest import Ingest
+from .latency import LatencyMeter
+from .limits import MAX_DURATION_WARNING_S, SessionLimits
 from .models import SessionConfig, SessionInfo, SessionState, SummaryOptions, Transcript
 from .observer import NullObserver, SessionObserver
 from .summary import Summarizer, build_prompt
+from .summary import write as write_summary
+from .transcript import TranscriptKeeper
 
 log = logging.getLogger(__name__)
-
-_ARRIVALS_KEPT = 3000
-"""Audio chunks whose arrival time is remembered for latency figures (60 s of 20 ms frames)."""
-
-
-class _Final(NamedTuple):
-    """A final as the transcript keeps it: its scalars and its published event (words and
-    all, as bytes). A tuple of strings, numbers and bytes, so the garbage collector stops
-    tracking it: an hours-long transcript adds nothing to the collector's walks."""
-
-    text: str
-    start: float
-    end: float
-    confidence: float
-    source: Literal["interim"] | None
-    channel: int | None
-    record: Record
-
-
-_FINAL_EVENT: TypeAdapter[FinalEvent] = TypeAdapter(FinalEvent)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLimits:
-    """What one session may hold and how long it waits (``docs/api.md`` v2, "Limits").
-
-    Attributes:
-        max_chunk_bytes: the largest audio chunk :meth:`Session.feed` takes (bytes).
-        max_audio_lead_s: audio (s) the engine may have taken and not yet recognised; a
-            producer past it waits (or, not waiting, gets ``AudioLeadExceeded``).
-        close_timeout_s: on close, the longest the engine may go without progress (no
-            result, no audio recognised) before its last results are given up (s).
-        close_max_wait_s: on close, the longest wait for the engine's last results even
-            while it progresses (s).
-        idle_timeout_s: with no audio and no subscriber this long (s), the session ends
-            with reason ``idle_timeout``.
-        max_duration_s: the session ends with reason ``max_duration`` this long after its
-            creation (s), after an ``error`` ``max_duration_soon`` a minute before.
-        max_subscribers: subscribers at once (SSE and WebSocket).
-        ring_events, ring_bytes, queue_size, max_lag_s: see
-            :class:`~stt_gateway.eventlog.EventLog`.
-    """
-
-    max_chunk_bytes: int
-    max_audio_lead_s: float
-    close_timeout_s: float
-    close_max_wait_s: float
-    idle_timeout_s: float
-    max_duration_s: float
-    max_subscribers: int
-    ring_events: int
-    ring_bytes: int
-    queue_size: int
-    max_lag_s: float
-
-
-MAX_DURATION_WARNING_S = 60.0
-"""How long before ``max_duration`` the ``max_duration_soon`` warning goes out."""
 
 
 class Session:
@@ -163,28 +90,22 @@ class Session:
             observer=observer,
         )
         self._observer: SessionObserver = observer or NullObserver()
-        # (session audio s at the end of a chunk, monotonic s it arrived): latency figures.
-        self._arrivals: deque[tuple[float, float]] = deque(maxlen=_ARRIVALS_KEPT)
-        self._onset_s: float | None = None  # speech onset awaiting its first interim
+        self._latency = LatencyMeter(self._observer)
         self._last_activity = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []  # idle check, duration warning and end
         self._state: SessionState = "created"
         self._audio_bytes = 0
-        self._producer: object | None = None  # the connection holding the audio, if any
-        # Bytes as the producer sends them → PCM16 mono at the session's rate (decode.py).
-        self._stream = AudioStream(
-            config.encoding,
-            config.channels,
-            config.sample_rate,
-            config.sample_rate,
+        # Bytes as the producer sends them → PCM16 mono at the session's rate.
+        self._ingest = Ingest(
+            session_id,
+            config,
             limits.max_chunk_bytes,
-            config.multichannel,
+            self._hear,
+            # The producer's own input, but it has gone (or the session is closing): every
+            # subscriber learns why the stream's end was not heard.
+            lambda exc: self._publish_error(ErrorData(code=exc.code, message=exc.message)),
         )
-        self._decoding = asyncio.Lock()  # one chunk at a time through a stateful decoder
-        self._stream_owner: object | None = None  # whose bytes the stream holds (None: POSTs)
-        self._finals: list[_Final] = []
-        # Per channel (None: a session of one), the newest interim no final covers.
-        self._pending_interims: dict[int | None, TokenData] = {}
+        self._transcript = TranscriptKeeper()
         self._results_seen = 0  # engine results published: progress, while closing
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[Transcript] | None = None
@@ -240,11 +161,8 @@ class Session:
     ) -> bytes:
         """Take the next chunk of the producer's audio stream; the PCM16 it held.
 
-        ``data`` is what the client sent (``docs/api.md``, "Audio in" and "Audio in, beyond
-        linear16"): PCM16 at the session's sample rate (the fast path: used as it is), G.711,
-        more than one channel, or a container recognised from its first bytes; see
-        :class:`~stt_gateway.decode.AudioStream`. A WebSocket producer's bytes are one stream
-        from its first frame to :meth:`release_producer`; POST chunks are one stream.
+        ``data`` is what the client sent (``docs/api.md``, "Audio in"): PCM16 at the session's
+        rate is used as it is (the fast path); anything else is decoded (:mod:`.ingest`).
 
         While the engine already holds ``max_audio_lead_s`` of audio it has not recognised,
         awaits until it catches up (a WebSocket producer is then not read: backpressure), or,
@@ -271,17 +189,9 @@ class Session:
             SessionClosed: the session is closing or closed.
         """
         self._check_open()
-        if self._producer is not None and producer is not self._producer:
-            raise ProducerConflict(
-                f"session {self.id} takes its audio from another connection (one producer "
-                f"per session); this audio is not heard. Send once that connection closes."
-            )
-        if producer is not self._stream_owner:
-            # Another connection's bytes are another stream (e.g. POSTed PCM, then a socket
-            # sending WebM): end the one before, so the new one is recognised afresh.
-            await self._drain_stream()
-            self._stream_owner = producer
-        fast = self._stream.passthrough
+        self._ingest.check(producer)
+        await self._ingest.follow(producer)
+        fast = self._ingest.passthrough
         if fast:
             check_chunk(data, self._limits.max_chunk_bytes)
         if self._engine.backlog_bytes() >= self._max_lead_bytes:
@@ -295,50 +205,28 @@ class Session:
                 )
             await self._engine.wait_backlog_below(self._max_lead_bytes)
             self._check_open()  # the session may have closed meanwhile
-        self._producer = producer
+        self._ingest.producer = producer
         if self._state == "created":
             self._state = "streaming"
         self._last_activity = time.monotonic()  # read by the idle timer; no per-frame timer work
         if fast:
             await self._hear(data)
             return data
-        async with self._decoding:
-            self._check_open()  # closed while this chunk waited for the one before
-            try:
-                pcm = await self._stream.decode(data)
-            except UnsupportedAudio as exc:
-                if exc.decoded:  # what the stream held before it went bad is kept
-                    await self._hear(exc.decoded)
-                raise
-            if pcm:
-                await self._hear(pcm)
-            return pcm
+        # The session may close while this chunk waits for the one before: checked again.
+        return await self._ingest.decode(data, self._check_open)
 
     async def _hear(self, pcm: bytes) -> None:
-        """Give PCM16 at the session's rate to the engine."""
+        """Give PCM16 at the session's rate to the engine (while its pump runs)."""
+        if self._pump is None or self._pump.done():
+            return
         self._audio_bytes += len(pcm)
-        self._arrivals.append((self.audio_seconds, self._last_activity))
+        self._latency.arrived(self.audio_seconds, self._last_activity)
         await self._engine.feed(pcm)
 
     async def release_producer(self, producer: object) -> None:
         """``producer`` no longer streams (its connection closed): what its stream's decoder
         still holds goes to the engine, and anyone may feed next (a new stream)."""
-        if self._producer is producer:
-            self._producer = None
-            await self._drain_stream()
-
-    async def _drain_stream(self) -> None:
-        """End the current byte stream: the decoder's last samples go to the engine."""
-        async with self._decoding:
-            try:
-                pcm = await self._stream.drain()
-            except UnsupportedAudio as exc:
-                # The producer's own input, but it has gone (or the session is closing):
-                # every subscriber learns why the stream's end was not heard.
-                self._publish_error(ErrorData(code=exc.code, message=exc.message))
-                pcm = exc.decoded
-            if pcm and self._pump is not None and not self._pump.done():
-                await self._hear(pcm)
+        await self._ingest.release(producer)
 
     async def wait_ended(self) -> None:
         """Return once ``session_end`` has been published (at once if it has)."""
@@ -356,11 +244,7 @@ class Session:
             SessionClosed: the session is closing or closed.
         """
         self._check_open()
-        if self._producer is not None and producer is not self._producer:
-            raise ProducerConflict(
-                f"session {self.id} takes its audio from another connection; only that "
-                f"connection may finalize its utterances"
-            )
+        self._ingest.check(producer, "finalize its utterances")
         await self._engine.finalize()
 
     async def close(self, reason: str = "client_closed") -> Transcript:
@@ -416,25 +300,19 @@ class Session:
         pump = self._pump
         if pump is not None and not pump.done():
             # A container's last frames are still in its decoder: hear them before the
-            # engine's final flush (docs/mediarecorder-webm.md, "Close").
-            await self._drain_stream()
+            # engine's final flush (docs/protocols/mediarecorder-webm.md, "Close").
+            await self._ingest.drain()
             await self._engine.close()
             if not await self._flushed(pump):
                 pump.cancel()
-                salvaged = self._salvage_interim()
-                self._publish_error(
-                    ErrorData(
-                        code="engine_timeout",
-                        message=f"the engine made no progress on its last results for "
-                        f"{self._limits.close_timeout_s:g} s (or took over "
-                        f"{self._limits.close_max_wait_s:g} s); "
-                        + (
-                            "its last interim stands as the final"
-                            if salvaged
-                            else "no words were pending"
-                        ),
-                    )
+                salvaged = self._transcript.salvage(self._log.publish)
+                limits, kept = self._limits, "its last interim stands as the final"
+                message = (
+                    f"the engine made no progress on its last results for "
+                    f"{limits.close_timeout_s:g} s (or took over {limits.close_max_wait_s:g} "
+                    f"s); {kept if salvaged else 'no words were pending'}"
                 )
+                self._publish_error(ErrorData(code="engine_timeout", message=message))
         if self._summarizing is not None:
             # One asked for mid-session finishes first (within its time limit): nothing may
             # follow session_end.
@@ -442,17 +320,13 @@ class Session:
         if (options := self.config.summary_options) is not None and self._summarizer is not None:
             if reason == "shutdown":
                 # A process stopping must not wait on an LLM (up to llm_timeout_s): say so.
-                self._publish_error(
-                    ErrorData(
-                        code=SummaryFailed.code,
-                        message="the gateway is shutting down: no summary was asked for; the "
-                        "transcript is whole",
-                    )
-                )
+                message = "the gateway is shutting down: no summary was asked for; the "
+                message += "transcript is whole"
+                self._publish_error(ErrorData(code=SummaryFailed.code, message=message))
             else:
                 with contextlib.suppress(SummaryFailed):  # published as summary_failed
                     await self._summarize(options)
-        self._stream.close()
+        self._ingest.close()
         self._log.publish(SessionEndData(reason=reason, audio_seconds=round(self.audio_seconds, 3)))
         self._observer.ended(reason)
         self._state = "closed"
@@ -484,29 +358,6 @@ class Session:
                 return False  # alive or not, it did nothing for a whole close_timeout_s
         return False
 
-    def _salvage_interim(self) -> bool:
-        """Publish the newest interim no final covers (of each channel) as a ``final`` marked
-        ``source: "interim"``: what the engine heard is kept when it cannot finish. Whether
-        there was one."""
-        interims, self._pending_interims = self._pending_interims, {}
-        salvaged = False
-        for interim in interims.values():
-            if not interim.text:
-                continue
-            final = FinalData(
-                text=interim.text,
-                confidence=interim.confidence,
-                start=interim.start,
-                end=interim.end,
-                channel=interim.channel,
-                words=[],
-                speech_final=False,
-                source="interim",
-            )
-            self._keep(final, self._log.publish(final))
-            salvaged = True
-        return salvaged
-
     async def _run_pump(self) -> None:
         try:
             async for result in self._engine.results():
@@ -520,7 +371,7 @@ class Session:
     def _fail(self, code: str, message: str) -> None:
         """The engine failed for good: keep what it heard, publish why, then end the session
         with that code."""
-        self._salvage_interim()
+        self._transcript.salvage(self._log.publish)
         self._publish_error(ErrorData(code=code, message=message))
         self._begin_close(code)
 
@@ -530,60 +381,14 @@ class Session:
             return
         self._results_seen += 1
         record = self._log.publish(result)
-        if isinstance(result, FinalData):
-            self._keep(result, record)
-            pending = self._pending_interims.get(result.channel)
-            if pending is not None and result.end >= pending.start:
-                del self._pending_interims[result.channel]  # this final covers its utterance
-        elif type(result) is TokenData:
-            self._pending_interims[result.channel] = result
-        self._measure(result)
-
-    def _keep(self, final: FinalData, record: Record) -> None:
-        """Add a published final to the transcript, in the compact form it is kept in."""
-        self._finals.append(
-            _Final(
-                final.text,
-                final.start,
-                final.end,
-                final.confidence,
-                final.source,
-                final.channel,
-                record,
-            )
-        )
+        if isinstance(result, TokenData):  # an interim or a final (FinalData is a TokenData)
+            self._transcript.published(result, record)
+        self._latency.measure(result)
 
     def _publish_error(self, error: ErrorData) -> None:
         """An error about the session itself: to every subscriber, and to the operator's log."""
         log.warning("session error id=%s code=%s: %s", self.id, error.code, error.message)
         self._log.publish(error)
-
-    def _measure(self, result: EngineResult) -> None:
-        """Latency figures from when the audio a result covers arrived."""
-        if isinstance(result, SpeechStartData):
-            self._onset_s = result.timestamp
-            return
-        if not isinstance(result, TokenData):  # FinalData is a TokenData too
-            return
-        now = time.monotonic()
-        if (arrived := self._arrival_of(result.end)) is not None:
-            self._observer.latency("added", now - arrived)
-            if isinstance(result, FinalData) and result.speech_final:
-                self._observer.latency("final", now - arrived)
-        if self._onset_s is not None and type(result) is TokenData:
-            if (onset := self._arrival_of(self._onset_s)) is not None:
-                self._observer.latency("ttft", now - onset)
-            self._onset_s = None
-
-    def _arrival_of(self, audio_s: float) -> float | None:
-        """When the chunk holding session audio time ``audio_s`` arrived (None: forgotten)."""
-        found = None
-        for end_s, arrived in reversed(self._arrivals):
-            if end_s < audio_s - 1e-6:
-                return found
-            found = arrived
-        # Every remembered chunk ends after audio_s: the first holds it unless some were dropped.
-        return found if len(self._arrivals) < _ARRIVALS_KEPT else None
 
     def _check_open(self) -> None:
         if self._closing is not None or (self._pump is not None and self._pump.done()):
@@ -617,38 +422,19 @@ class Session:
         return await asyncio.shield(self._summarizing)
 
     async def _summarize(self, options: SummaryOptions) -> SummaryData:
-        """Stream a summary of the finals so far onto the log; publish ``summary_failed`` and
-        raise SummaryFailed when the LLM does not give one within its time limit."""
+        """Stream a summary of the finals so far onto the log (see :func:`.summary.write`);
+        publish ``summary_failed`` and raise SummaryFailed when the LLM does not give one."""
         summarizer = self._summarizer
         assert summarizer is not None
-        prompt = build_prompt(self._finals, options, self.config.language, summarizer)
-        pieces: list[str] = []
+        prompt = build_prompt(self._transcript.kept, options, self.config.language, summarizer)
         try:
-            if prompt.included:  # no speech: an empty summary, the LLM not asked
-                stream = summarizer.stream(prompt.instructions, prompt.transcript)
-                # aclosing: a time limit that cuts the stream closes its connection now.
-                async with asyncio.timeout(summarizer.timeout_s), contextlib.aclosing(stream):
-                    async for piece in stream:
-                        pieces.append(piece)
-                        self._log.publish(SummaryTokenData(text=piece))
-        except TimeoutError:
-            failure = SummaryFailed(
-                f"the LLM did not finish the summary within {summarizer.timeout_s:g} s "
-                f"(STT_GATEWAY_LLM_TIMEOUT_S); {len(pieces)} pieces had come"
-            )
-        except SummaryFailed as exc:
-            failure = exc
-        else:
-            summary = SummaryData(
-                text="".join(pieces).strip(),
-                model=summarizer.model,
-                segments_left_out=prompt.left_out,
-            )
-            self._log.publish(summary)
-            self.summary = summary
-            return summary
-        self._publish_error(ErrorData(code=failure.code, message=failure.message))
-        raise failure
+            summary = await write_summary(summarizer, prompt, self._log.publish)
+        except SummaryFailed as failure:
+            self._publish_error(ErrorData(code=failure.code, message=failure.message))
+            raise
+        self._log.publish(summary)
+        self.summary = summary
+        return summary
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -677,15 +463,15 @@ class Session:
 
     def final_records(self) -> list[Record]:
         """Every final's event as published, in order (the whole transcript)."""
-        return [f.record for f in self._finals]
+        return self._transcript.records()
 
     def finals(self) -> list[FinalData]:
         """Every final so far, in order, with its words (parsed from the events as sent)."""
-        return [_FINAL_EVENT.validate_json(f.record.payload).data for f in self._finals]
+        return self._transcript.finals()
 
     def transcript(self) -> Transcript:
         """Every final so far, in order."""
-        return Transcript.of(self.id, self._finals, self.summary)
+        return Transcript.of(self.id, self._transcript.kept, self.summary)
 
     def info(self) -> SessionInfo:
         """A snapshot for ``GET /sessions/{id}``."""

@@ -403,7 +403,7 @@ class Settings(BaseSettings):
         return parse_keys([k.get_secret_value() for k in self.api_keys])
 
     def protected_mode_refusal(self) -> str | None:
-        """Why the gateway must not start as configured (``docs/api.md`` v2: no key, a
+        """Why the gateway must not start as configured (``docs/api.md``: no key, a
         non-loopback address, no ``--no-auth``; ``workers`` it cannot run; an LLM endpoint
         without a model), or None."""
         if self.workers > 1 and self.redis_url is None:

@@ -2,17 +2,21 @@
 
 The session core streams a summary through a :class:`Summarizer` (the OpenAI-compatible
 adapter is :mod:`stt_gateway.llm`; tests may give their own) and publishes its pieces as
-``summary_token`` events, then one ``summary`` (``docs/api.md`` v2, "Summary at the end").
+``summary_token`` events, then one ``summary`` (``docs/api.md``, "Summary at the end").
 The prompt is built here, vendor-neutral: instructions, then the finals with their times,
 trimmed to the model's context with the oldest finals left out first, and the prompt says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .errors import SummaryFailed
+from .events import SummaryData, SummaryTokenData
 from .models import SummaryOptions
 
 CHAT_OVERHEAD_TOKENS = 64
@@ -154,3 +158,34 @@ def build_prompt(
             f"context):"
         )
     return Prompt(instructions, "\n".join([head, *lines]), len(lines), left_out)
+
+
+async def write(
+    summarizer: Summarizer, prompt: Prompt, publish: Callable[[SummaryTokenData], object]
+) -> SummaryData:
+    """Stream the summary ``prompt`` asks for: each piece the LLM writes to ``publish`` as a
+    ``summary_token`` as it comes, within ``summarizer.timeout_s`` (s); the whole summary,
+    for the caller to publish. A prompt with no finals in it gets an empty summary, the LLM
+    not asked.
+
+    Raises:
+        SummaryFailed: the LLM failed, or did not finish in time (the message says how many
+            pieces had come).
+    """
+    pieces: list[str] = []
+    try:
+        if prompt.included:
+            stream = summarizer.stream(prompt.instructions, prompt.transcript)
+            # aclosing: a time limit that cuts the stream closes its connection now.
+            async with asyncio.timeout(summarizer.timeout_s), contextlib.aclosing(stream):
+                async for piece in stream:
+                    pieces.append(piece)
+                    publish(SummaryTokenData(text=piece))
+    except TimeoutError:
+        raise SummaryFailed(
+            f"the LLM did not finish the summary within {summarizer.timeout_s:g} s "
+            f"(STT_GATEWAY_LLM_TIMEOUT_S); {len(pieces)} pieces had come"
+        ) from None
+    return SummaryData(
+        text="".join(pieces).strip(), model=summarizer.model, segments_left_out=prompt.left_out
+    )

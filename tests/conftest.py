@@ -19,12 +19,11 @@ from stt_gateway.app import create_app, start_cluster
 from stt_gateway.engines.local import DEFAULT_ENDPOINTING_MS, LocalEngineProvider, warm_decoders
 from stt_gateway.engines.runtime import EngineRuntime, RuntimeOptions
 from stt_gateway.engines.whisper import (
-    LoadModel,
     WhisperEngineProvider,
     WhisperRecognizerSpec,
     finals_in_process,
-    find_model,
 )
+from stt_gateway.engines.whisper_model import LoadModel, find_model
 from stt_gateway.engines.workers import WorkerPool
 from stt_gateway.events import FinalData
 from stt_gateway.models import SessionConfig

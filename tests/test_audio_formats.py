@@ -1,4 +1,4 @@
-"""Audio as clients send it (``docs/api.md`` v2, "Audio in, beyond linear16"): containers,
+"""Audio as clients send it (``docs/api.md``, "Audio in, beyond linear16"): containers,
 telephony G.711 and stereo, split at random byte boundaries over WebSocket frames and POST
 chunks, on a real gateway with real speech."""
 
@@ -58,7 +58,10 @@ async def test_lossy_formats_transcribe_within_the_pcm16_wer(
     loses bandwidth). Whisper is the engine here because it, unlike pocketsphinx, hears
     through codec artefacts as a person does (the local engine's WER moves by 0.05–0.4 with
     MP3 or μ-law alone)."""
-    gateway = await start_gateway(whisper_pass_timeout_s=120.0)
+    # No early passes: whether one is taken depends on a worker being idle at that moment, so
+    # on a busy box the same audio could get another (equally good) final than the run it is
+    # compared with. The endpoint pass alone is the same on any box.
+    gateway = await start_gateway(whisper_pass_timeout_s=120.0, whisper_early_pass_ms=0)
     bound = 0.15 if name in TELEPHONY else 0.05
 
     async def one(c: Clip) -> None:
@@ -67,7 +70,7 @@ async def test_lossy_formats_transcribe_within_the_pcm16_wer(
         events = await over_ws(http, gateway.base, audio, seed=3)
         assert not events.of_type("error"), events.of_type("error")
         text = events.finals_text()
-        pcm16 = " ".join(f.text for f in direct_whisper_finals(c))
+        pcm16 = " ".join(f.text for f in direct_whisper_finals(c, whisper_early_pass_ms=0))
         assert wer(c.reference, text) <= wer(c.reference, pcm16) + bound, (c.name, text, pcm16)
 
     for pair in (clips()[i : i + 2] for i in range(0, len(clips()), 2)):

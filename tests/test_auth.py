@@ -1,4 +1,4 @@
-"""Who may call (``docs/api.md`` v2): every attack answered 401/403 with its code and nothing
+"""Who may call (``docs/api.md``): every attack answered 401/403 with its code and nothing
 leaked, while a legitimate session beside them is transcribed as on a quiet gateway."""
 
 from __future__ import annotations

@@ -15,7 +15,15 @@ import aiohttp
 
 from tests.audio_files import clip
 from tests.fakes.openai_chat import KEY, FakeChat
-from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames, paced
+from tests.gateway_client import (
+    Received,
+    create_session,
+    follow_sse,
+    follow_ws,
+    frames,
+    paced,
+    sse_parse,
+)
 from tests.gateway_process import GatewayProcess
 from tests.redis_server import RedisServer
 
@@ -118,20 +126,13 @@ async def test_resume_on_another_process_after_drops_loses_and_repeats_nothing(
         headers = {"Last-Event-ID": str(last)} if last else {}
         async with http.get(url, headers=headers) as resp:
             assert resp.status == 200
-            data: list[str] = []
             taken = 0
-            async for raw in resp.content:  # take up to three events, then hang up
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("data:"):
-                    data.append(line[5:].lstrip())
-                elif not line and data:
-                    event = json.loads("".join(data))
-                    data = []
-                    if "seq" in event:
-                        resumed.append(event)
-                        taken += 1
-                    if taken == 3 or event["event_type"] == "session_end":
-                        break
+            async for _, event in sse_parse(resp):  # take up to three events, then hang up
+                if "seq" in event:
+                    resumed.append(event)
+                    taken += 1
+                if taken == 3 or event["event_type"] == "session_end":
+                    break
         drops += 1
     await asyncio.gather(producer, follower)
     assert drops > 3

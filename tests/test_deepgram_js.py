@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from tests.audio_files import AUDIO_DIR, clips
 from tests.conftest import StartGateway
-from tests.gateway_client import sessions_live_every_clip
+from tests.gateway_client import SDK_SPEED, sessions_live_every_clip
 from tests.test_deepgram_sdk import KEY
 
 JS_DIR = Path(__file__).parent / "js"
@@ -25,6 +26,7 @@ async def run_node(*args: str, node_flags: tuple[str, ...] = ()) -> list[dict[st
         "deepgram_live.mjs",
         *args,
         cwd=JS_DIR,
+        env=os.environ | {"STREAM_SPEED": str(SDK_SPEED)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -37,7 +39,7 @@ async def run_node(*args: str, node_flags: tuple[str, ...] = ()) -> list[dict[st
 async def test_the_js_sdk_streams_every_clip_and_every_callback_fires(
     start_gateway: StartGateway,
 ) -> None:
-    """Engine whisper: each shared clip at real time in 20 ms frames; the SDK's own callbacks
+    """Engine whisper: each shared clip in paced 20 ms frames; the SDK's own callbacks
     fire (open, interim and final transcripts, speech started, utterance end, metadata,
     close), nothing unhandled or in error, and the joined finals equal our /sessions
     WebSocket's transcript of the same clip on the same engine."""

@@ -16,7 +16,7 @@ from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results
 
 from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals
-from tests.gateway_client import frames, sessions_live
+from tests.gateway_client import SDK_SPEED, frames, sessions_live
 
 KEY = "sdk:" + "s" * 32
 
@@ -103,7 +103,7 @@ async def test_the_sdk_transcribes_a_file(start_gateway: StartGateway) -> None:
 
 
 async def sdk_live(gateway: Gateway, c: Clip, engine: str) -> tuple[str, list[str]]:
-    """Stream ``c`` through the SDK in real-time 20 ms frames; the joined finals and the
+    """Stream ``c`` through the SDK in 20 ms frames at ``SDK_SPEED``; the joined finals and the
     names of the SDK types received, in order."""
     received: list[Any] = []
     async with client(gateway).listen.v1.connect(
@@ -124,7 +124,7 @@ async def sdk_live(gateway: Gateway, c: Clip, engine: str) -> tuple[str, list[st
         loop = asyncio.get_running_loop()
         start = loop.time()
         for i, frame in enumerate(frames(c.pcm, c.sample_rate)):
-            await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+            await asyncio.sleep(max(0.0, start + i * 0.02 / SDK_SPEED - loop.time()))
             await socket.send_media(frame)
         await socket.send_close_stream()
         await asyncio.wait_for(reader, 120)
@@ -138,7 +138,7 @@ async def sdk_live(gateway: Gateway, c: Clip, engine: str) -> tuple[str, list[st
 async def test_every_clip_through_the_sdk_equals_the_sessions_api_and_the_file_call(
     start_gateway: StartGateway,
 ) -> None:
-    """Engine whisper: each shared clip live through the SDK (real time, 20 ms frames) gives
+    """Engine whisper: each shared clip live through the SDK (paced 20 ms frames) gives
     the transcript our own /sessions WebSocket gives on the same engine, and the SDK's
     pre-recorded call on the file gives it too."""
     # Finals are compared, not their timing: a busy box may take long over a Whisper pass.

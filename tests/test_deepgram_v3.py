@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.audio_files import AUDIO_DIR, clips
 from tests.conftest import StartGateway
-from tests.gateway_client import sessions_live_every_clip
+from tests.gateway_client import SDK_SPEED, sessions_live_every_clip
 from tests.test_deepgram_sdk import KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ async def run_v3(*args: str) -> list[dict[str, Any]]:
         sys.executable,
         str(ROOT / "tests" / "clients" / "deepgram_v3.py"),
         *args,
-        env=os.environ | {"PYTHONPATH": str(SDK3)},
+        env=os.environ | {"PYTHONPATH": str(SDK3), "STREAM_SPEED": str(SDK_SPEED)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -41,7 +41,7 @@ async def run_v3(*args: str) -> list[dict[str, Any]]:
 async def test_the_3x_sdk_streams_every_clip_and_parses_every_message(
     start_gateway: StartGateway,
 ) -> None:
-    """Engine whisper, each shared clip at real time in 20 ms frames: the 3.x SDK's callbacks
+    """Engine whisper, each shared clip in paced 20 ms frames: the 3.x SDK's callbacks
     fire (open, transcripts, speech started, utterance end, metadata, close) with no error or
     unhandled message, and its finals equal our /sessions transcript of the same clip."""
     # Finals are compared, not their timing: a busy box may take long over a Whisper pass.

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from stt_gateway.app import create_app
-from stt_gateway.transports.common import WORKERS
+from stt_gateway.web.common import WORKERS
 from tests.audio_files import clip
 from tests.conftest import ServerFactory, StartGateway, direct_finals, make_settings
 from tests.fakes.echo import EchoProvider

@@ -1,4 +1,4 @@
-"""One client cannot hurt another (``docs/api.md`` v2): each hostile case beside a legitimate
+"""One client cannot hurt another (``docs/api.md``): each hostile case beside a legitimate
 neighbour, on a real gateway with real speech.
 
 - a flood of bad frames from a second socket reaches only that socket, which is closed (1008);

@@ -1,7 +1,7 @@
 """Deepgram's ``/v1/listen`` served by the gateway: a Deepgram client on the embedded engine.
 
 Real gateway on loopback, real speech from ``../shared/audio``; the client side is written
-from ``docs/deepgram-live-protocol.md`` (what Deepgram's SDKs send and expect, appendix).
+from ``docs/protocols/deepgram-live.md`` (what Deepgram's SDKs send and expect, appendix).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import asyncio
 import multiprocessing
 import shutil
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -80,10 +80,26 @@ async def ended(page: Page) -> None:
     )
 
 
+@pytest.fixture
+def pool() -> Iterator[ProcessPoolExecutor]:
+    """Two spawned processes for engine runs beside the page (shut down whatever happens)."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 async def test_mic_page_transcribes_speech_like_the_engine_and_a_follower_sees_the_same(
-    gateway: Gateway, launch: Launch, speech: tuple[Path, bytes, str]
+    gateway: Gateway, launch: Launch, speech: tuple[Path, bytes, str], pool: ProcessPoolExecutor
 ) -> None:
     wav, pcm, reference = speech
+    # pocketsphinx's output moves with a shift of the audio smaller than one 32 ms window
+    # (WER 0.267-0.36 on this file for 0-300 ms of leading silence, measured), and where the
+    # browser's capture starts relative to the file is not the page's to choose: so the page
+    # is held to the engine fed the file directly at 8 sub-window offsets, ±2 points. Those
+    # runs depend on the file alone: they go on while the page plays it in real time.
+    loop = asyncio.get_running_loop()
+    direct_runs = asyncio.gather(
+        *(loop.run_in_executor(pool, engine_wer, pcm, reference, ms) for ms in OFFSETS_MS)
+    )
     browser = await launch(*FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}%noloop")
     page = await open_page(browser, gateway.base + "/")
     assert await page.input_value("#engine") == "local"
@@ -109,15 +125,7 @@ async def test_mic_page_transcribes_speech_like_the_engine_and_a_follower_sees_t
     assert followed == on_page
     assert "ms after speech onset" in ((await page.text_content("#ttft")) or "")
 
-    # pocketsphinx's output moves with a shift of the audio smaller than one 32 ms window
-    # (WER 0.267-0.36 on this file for 0-300 ms of leading silence, measured), and where the
-    # browser's capture starts relative to the file is not the page's to choose: so the page
-    # is held to the engine fed the file directly at 8 sub-window offsets, ±2 points.
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        direct = await asyncio.gather(
-            *(loop.run_in_executor(pool, engine_wer, pcm, reference, ms) for ms in OFFSETS_MS)
-        )
+    direct = await direct_runs
     page_wer = wer(reference, on_page)
     status = await page.text_content("#status")
     print(
@@ -394,8 +402,8 @@ async def test_a_mediarecorder_webm_stream_sent_as_it_arrives_is_transcribed(
 ) -> None:
     """Chromium's own MediaRecorder (WebM/Opus, 250 ms timeslice, the shared speech as the
     microphone), each blob sent unchanged as one WebSocket frame, as browser apps do
-    (``docs/mediarecorder-webm.md``): only the first blob has the header and about half have
-    an odd byte count; the session decodes it and transcribes it as well as the PCM16 mic
+    (``docs/protocols/mediarecorder-webm.md``): only the first blob has the header and about
+    half have an odd byte count; the session decodes it and transcribes it as well as the PCM16 mic
     page does on engine whisper (WER ≤ 0.08)."""
     gw = await start_gateway(default_engine="whisper", whisper_pass_timeout_s=120.0)
     wav, pcm, reference = speech

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from stt_gateway.app import create_app
-from stt_gateway.transports.common import WORKERS
+from stt_gateway.web.common import WORKERS
 from tests.audio_files import Clip, clip, clips
 from tests.conftest import ServerFactory, StartGateway, direct_finals, make_settings
 from tests.fakes.echo import EchoProvider

@@ -1,4 +1,4 @@
-"""A new user's path: the README's commands, run as written."""
+"""A new user's path: the README's commands (and the docs' step-by-step blocks), run as written."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ from tests.audio_files import AUDIO_DIR, clip, spoken_wer
 from tests.conftest import direct_whisper_finals
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
 BIN = Path(sys.executable).parent
 
 
-def block(marker: str) -> str:
-    """The code block between ``<!-- marker -->`` and ``<!-- /marker -->`` in the README."""
-    found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```\n<!-- /{marker} -->", README, re.S)
-    assert found, f"README has no {marker} block"
+def block(marker: str, page: str = "README.md") -> str:
+    """The code block between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``page``."""
+    text = (ROOT / page).read_text()
+    found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```\n<!-- /{marker} -->", text, re.S)
+    assert found, f"{page} has no {marker} block"
     return found.group(1)
 
 
@@ -126,7 +126,7 @@ def test_python_m_stt_gateway_is_the_same_command() -> None:
 def test_readme_multilingual_model_steps_assemble_a_model_that_serves_korean(
     tmp_path: Path,
 ) -> None:
-    *steps, serve = block("multilingual-model").strip().splitlines()
+    *steps, serve = block("multilingual-model", "docs/engines.md").strip().splitlines()
     (tmp_path / ".venv").symlink_to(BIN.parent)  # the steps use ./.venv, as the README's do
     subprocess.run(
         ["bash", "-euo", "pipefail", "-c", "\n".join(steps)],

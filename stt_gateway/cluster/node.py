@@ -38,7 +38,8 @@ from .replica import ENDED_KEEP_S, IDLE_S, Follower, Replica
 from .writer import Publisher
 
 if TYPE_CHECKING:
-    from ..session import Session, SessionLimits
+    from ..limits import SessionLimits
+    from ..session import Session
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from .keys import SessionRecord, events_key, seq_of, wake_key
 from .retry import retrying
 
 if TYPE_CHECKING:
-    from ..session import SessionLimits
+    from ..limits import SessionLimits
 
 READ_BLOCK_MS = 5_000
 """Longest one XREAD waits with nothing new (new streams wake it sooner)."""

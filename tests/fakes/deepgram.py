@@ -1,5 +1,5 @@
 """A local fake of Deepgram's live ``/v1/listen`` WebSocket, after §7 of
-``docs/deepgram-live-protocol.md`` (rule numbers below are that section's).
+``docs/protocols/deepgram-live.md`` (rule numbers below are that section's).
 
 Deterministic: every transcript decision follows audio time (bytes received), never the wall
 clock, which only drives the inactivity timer. Words come from registered clips: a clip's

@@ -1,5 +1,6 @@
 // Streams WAV files to a gateway's /v1/listen with Deepgram's own JavaScript SDK (4.x),
-// configured with nothing but the gateway's base URL and a key, in real-time 20 ms frames.
+// configured with nothing but the gateway's base URL and a key, in 20 ms frames paced at
+// STREAM_SPEED times real time (default 1).
 // Prints one JSON line per file: the SDK events that fired, the joined finals, any errors.
 // Usage: node deepgram_live.mjs <base url> <key> <engine> <file.wav>...
 import { readFileSync } from "node:fs";
@@ -7,6 +8,7 @@ import { basename } from "node:path";
 import { createClient, LiveTranscriptionEvents } from "@deepgram/sdk";
 
 const [base, key, engine, ...files] = process.argv.slice(2);
+const speed = Number(process.env.STREAM_SPEED || "1"); // times real time
 const deepgram = createClient(key, { global: { url: base } });
 
 function pcmOf(path) {
@@ -31,7 +33,7 @@ function transcribe(path) {
       count("open");
       const start = Date.now();
       for (let i = 0, n = 0; i < pcm.length; i += 640, n++) {
-        const wait = start + n * 20 - Date.now();
+        const wait = start + (n * 20) / speed - Date.now();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
         live.send(pcm.subarray(i, i + 640));
       }

@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from . import __version__
-from .events import (
+from .. import __version__
+from ..events import (
     ErrorEvent,
     FinalEvent,
     HeartbeatEvent,
@@ -26,7 +26,7 @@ from .events import (
     SummaryTokenEvent,
     TokenEvent,
 )
-from .models import (
+from ..models import (
     AudioAccepted,
     AudioBody,
     ControlMessage,
@@ -367,7 +367,7 @@ def _paths() -> dict[str, Any]:
                 for name, description in _LISTEN_PARAMS
             ],
             "get": {
-                "summary": "Deepgram's live WebSocket (docs/deepgram-live-protocol.md): "
+                "summary": "Deepgram's live WebSocket (docs/protocols/deepgram-live.md): "
                 "binary audio and KeepAlive / Finalize / CloseStream in; Results, "
                 "SpeechStarted, UtteranceEnd and one Metadata out; every connection a session "
                 "(dg-request-id)",

@@ -1,11 +1,11 @@
 """Deepgram's ``/v1/listen`` wire format, in one place: messages, query parameters, close codes.
 
 Both sides of the gateway that speak Deepgram use it: the engine adapter
-(:mod:`.engines.deepgram`, a client of Deepgram: its JSON → our events) and the
-Deepgram-compatible front (:mod:`.transports.listen`, a server to Deepgram's SDKs: our events →
+(:mod:`.upstream`, a client of Deepgram: its JSON → our events) and the
+Deepgram-compatible front (:mod:`.listen`, a server to Deepgram's SDKs: our events →
 its JSON). Nothing else imports it: vendor JSON stays between these three modules.
 
-Every rule here follows ``docs/deepgram-live-protocol.md`` (cited as §n): message shapes and
+Every rule here follows ``docs/protocols/deepgram-live.md`` (cited as §n): message shapes and
 key order (§3), query parameters (§1.4), close codes and reasons (§4.2), handshake refusals
 (§1.3), the pre-recorded answer (appendix, point 10).
 """

@@ -30,7 +30,7 @@ class FrameSink:
 
     Args:
         transport: the connection's transport (its write buffer limit already bounded, see
-            :func:`~stt_gateway.transports.common.bound_send_buffer`).
+            :func:`~stt_gateway.web.common.bound_send_buffer`).
         writer: the response's stream writer (``await response.prepare(request)``), whose
             ``drain`` waits while the transport's buffer is over its high-water mark.
         frame: picks the record's frame for this transport (``Record.sse`` or ``Record.ws``).

@@ -13,8 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
-from ..openapi import build_spec
 from .common import METRICS, REGISTRY, SETTINGS, WORKERS, caller
+from .openapi import build_spec
 
 routes = web.RouteTableDef()
 

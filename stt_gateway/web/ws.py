@@ -32,7 +32,6 @@ from ..events import ErrorData, make_event
 from ..hub import Subscription
 from ..models import ControlMessage
 from ..session import Session
-from .auth import WS_PROTOCOLS
 from .common import (
     METRICS,
     SETTINGS,
@@ -44,6 +43,7 @@ from .common import (
     resume_id_param,
     validation_message,
 )
+from .credentials import WS_PROTOCOLS
 from .delivery import WS_FRAME, FrameSink
 from .frames import read_frames
 from .remote import RemoteFront, replica

@@ -9,7 +9,7 @@ reconnect after that gets ``204``, which stops a browser's automatic reconnects.
 aiohttp-sse's ``EventSourceResponse`` sets the stream up (headers, chunked body, its ``: ping``
 comments, ``TCP_USER_TIMEOUT``); the events themselves are the SSE chunks the event log framed
 once at publish, in aiohttp-sse's line format, shared by every subscriber
-(:mod:`~stt_gateway.transports.delivery`).
+(:mod:`~stt_gateway.web.delivery`).
 """
 
 from __future__ import annotations

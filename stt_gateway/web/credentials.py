@@ -1,6 +1,6 @@
 """Credentials in, a :class:`~stt_gateway.auth.Principal` out: one middleware for every route.
 
-A credential travels (``docs/api.md`` v2, "Who may call") as ``Authorization: Bearer <key or
+A credential travels (``docs/api.md``, "Who may call") as ``Authorization: Bearer <key or
 token>`` or ``Authorization: Token <key>`` (Deepgram's form), as ``?access_token=<token>``
 (EventSource and browser WebSockets cannot set headers), or as the WebSocket subprotocol pair
 ``bearer, <token>`` / ``token, <key>``. It is checked once, when the request or connection
@@ -31,7 +31,7 @@ _OPEN_PREFIXES = ("/static/", "/docs")
 
 
 def is_open(path: str) -> bool:
-    """Whether ``path`` is served without credentials (``docs/api.md`` v2: liveness, the mic
+    """Whether ``path`` is served without credentials (``docs/api.md``: liveness, the mic
     page and its assets, the API docs and ``/info``, which holds no secret)."""
     return path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..audio import decode_base64, duration_ms
+from ..audio.pcm import decode_base64, duration_ms
 from ..errors import (
     BadRequestBody,
     ChunkTooLarge,

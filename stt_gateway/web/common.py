@@ -176,7 +176,7 @@ def bool_param(value: str | None, name: str, default: bool) -> bool:
 
 
 MAX_RESUME_ID = 2**63 - 1
-"""Largest ``seq`` a client may resume from (a signed 64-bit integer, ``docs/api.md`` v2)."""
+"""Largest ``seq`` a client may resume from (a signed 64-bit integer, ``docs/api.md``)."""
 
 
 def resume_id_param(value: str | None, name: str) -> int | None:

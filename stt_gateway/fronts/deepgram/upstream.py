@@ -1,6 +1,6 @@
 """Deepgram live speech-to-text (``/v1/listen`` WebSocket) as an :class:`Engine`.
 
-Follows ``docs/deepgram-live-protocol.md`` (cited as §n below). One ``aiohttp`` WebSocket per
+Follows ``docs/protocols/deepgram-live.md`` (cited as §n below). One ``aiohttp`` WebSocket per
 session; all config in the query string (§1.4); ``Authorization: Token <key>`` (§1.2). Vendor
 JSON is parsed here and never leaves this module: ``Results`` become ``TokenData`` /
 ``FinalData``, ``SpeechStarted`` → ``SpeechStartData``, ``UtteranceEnd`` → ``SpeechEndData``,
@@ -20,154 +20,33 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
-from pydantic import ValidationError
 from yarl import URL
 
-from .. import deepgram_wire as wire
-from ..errors import InvalidConfig, UpstreamError
-from ..events import (
+from ...audio.pcm import BYTES_PER_SAMPLE
+from ...engines.base import Engine, EngineProvider
+from ...errors import InvalidConfig, UpstreamError
+from ...events import (
     EngineResult,
     ErrorData,
-    FinalData,
-    SpeechEndData,
-    SpeechStartData,
-    TokenData,
-    Word,
 )
-from ..models import SessionConfig
-from ..settings import Settings
-from .base import Engine, EngineProvider
+from ...models import SessionConfig
+from ...settings import Settings
+from .translate import (
+    DEFAULT_ENDPOINTING_MS,
+    DEFAULT_LANGUAGE,
+    DEFAULT_MODEL,
+    DEFAULT_UTTERANCE_END_MS,
+    LANGUAGES,
+    Translator,
+    close_error,
+    handshake_error,
+    listen_url,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "nova-3"
-DEFAULT_LANGUAGE = "ko"
-DEFAULT_ENDPOINTING_MS = 300  # §1.4: docs suggest 300–500 ms for conversation
-DEFAULT_UTTERANCE_END_MS = 1000
-LANGUAGES = [
-    "ko",
-    "ko-KR",
-    "en",
-    "en-US",
-    "en-GB",
-    "en-AU",
-    "en-IN",
-    "ja",
-    "zh",
-    "zh-CN",
-    "zh-TW",
-    "es",
-    "es-419",
-    "fr",
-    "fr-CA",
-    "de",
-    "it",
-    "pt",
-    "pt-BR",
-    "nl",
-    "ru",
-    "hi",
-    "id",
-    "th",
-    "vi",
-    "tr",
-    "pl",
-    "uk",
-    "sv",
-    "da",
-    "no",
-    "fi",
-    "cs",
-    "el",
-    "hu",
-    "ro",
-    "bg",
-    "ms",
-    "multi",
-]
-"""Advisory (§5.4, the list grows): Deepgram's handshake ``400`` is the authority."""
-
-_PCM16_BYTES = 2
-
-
-def listen_url(base: str, config: SessionConfig) -> str:
-    """The ``/v1/listen`` URL for ``config`` (resolved): booleans lower-case, every value
-    URL-encoded (§1.4)."""
-    params: dict[str, str | int | bool] = {
-        "model": config.model or DEFAULT_MODEL,
-        "language": config.language or DEFAULT_LANGUAGE,
-        # The session's decode stage gives every engine PCM16 mono at the session's rate.
-        "encoding": "linear16",
-        "sample_rate": config.sample_rate,
-        "channels": 1,
-        "interim_results": config.interim_results,
-        "vad_events": True,
-        "punctuate": True,
-        "smart_format": True,
-        "endpointing": config.endpointing_ms or DEFAULT_ENDPOINTING_MS,
-    }
-    # UtteranceEnd needs interim results (§1.4); sending it without them risks a 400.
-    if config.utterance_end_ms is not None and config.interim_results:
-        params["utterance_end_ms"] = config.utterance_end_ms
-    return wire.listen_url(base, params)
-
-
-def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> UpstreamError:
-    """§1.3: the status decides; ``dg-error`` says why in Deepgram's words."""
-    headers: Mapping[str, str] = exc.headers or {}
-    reason = headers.get("dg-error") or exc.message or "no reason given"
-    rid = headers.get("dg-request-id")
-    ref = f" (request {rid})" if rid else ""
-    if exc.status in (401, 403):
-        return UpstreamError(
-            "upstream_auth", f"Deepgram refused the API key: {reason}{ref}", status=502
-        )
-    if exc.status == 400:
-        return UpstreamError(
-            "upstream_rejected", f"Deepgram refused the session config: {reason}{ref}", status=422
-        )
-    if exc.status == 402:
-        return UpstreamError(
-            "upstream_auth", f"Deepgram refused the session (insufficient balance){ref}", status=502
-        )
-    if exc.status == 429:
-        return UpstreamError(
-            "upstream_busy",
-            f"Deepgram's concurrent-stream limit is reached; try again shortly{ref}",
-            status=503,
-            retryable=True,
-            retry_after_s=2,
-        )
-    return UpstreamError(
-        "upstream_unavailable",
-        f"Deepgram answered HTTP {exc.status}: {reason}{ref}",
-        status=503,
-        retryable=True,
-        retry_after_s=2,
-    )
-
-
-def _close_error(code: int | None, reason: str) -> UpstreamError:
-    """§4.2: what an unplanned close means, and whether a reconnect may help."""
-    kind = wire.close_kind(code, reason)
-    if kind == "bad_audio":
-        return UpstreamError(
-            "upstream_bad_audio",
-            "Deepgram could not decode the audio (1008 DATA-0000): check sample_rate and "
-            "that the audio is raw PCM16",
-        )
-    if kind in ("no_input", "server"):
-        which = "NET-0001: it heard nothing from us" if kind == "no_input" else "NET-0000"
-        return UpstreamError(
-            "upstream_timeout", f"Deepgram closed the stream (1011 {which})", retryable=True
-        )
-    return UpstreamError(
-        "upstream_closed", f"the connection to Deepgram dropped (close code {code})", retryable=True
-    )
 
 
 class DeepgramEngine(Engine):
@@ -188,7 +67,7 @@ class DeepgramEngine(Engine):
         self._s = settings
         self._url = listen_url(settings.deepgram_url, config)
         self._auth = {"Authorization": f"Token {key.get_secret_value()}"}
-        self._bytes_per_s = config.sample_rate * _PCM16_BYTES
+        self._bytes_per_s = config.sample_rate * BYTES_PER_SAMPLE
         self._replay_cap = int(settings.deepgram_replay_s * self._bytes_per_s) // 2 * 2
         # Audio not yet covered by a final; byte 0 of it is session byte _ring_start.
         self._ring = bytearray()
@@ -196,15 +75,11 @@ class DeepgramEngine(Engine):
         self._sent = 0  # session byte up to which the current socket has the audio
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._live = False  # the socket is caught up: feed() sends straight to it
-        self._offset_s = 0.0  # session time of the current socket's audio time 0
-        self._committed_s = 0.0  # end of the last final published
+        self._translator = Translator()
         self._closing = False
         self._finalize_wanted = False
-        self._speaking = False  # a SpeechStarted has had no UtteranceEnd yet
-        self._last_word_end = 0.0
         self._last_send = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None
-        self.request_id: str | None = None
 
     # -- Engine ----------------------------------------------------------------------------
 
@@ -238,7 +113,7 @@ class DeepgramEngine(Engine):
         await self._send_control_if_live("CloseStream")
 
     def upstream_id(self) -> str | None:
-        return self.request_id
+        return self._translator.request_id
 
     def unsettled_audio(self) -> tuple[float, bytes]:
         """(session time in s where it begins, the audio no final covers yet): what a
@@ -253,7 +128,12 @@ class DeepgramEngine(Engine):
                 assert ws is not None
                 msg = await ws.receive()
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    for result in self._translate(msg.data):
+                    translated = self._translator.translate(msg.data)
+                    self._settle(self._translator.committed_s)
+                    if self._translator.finalize_answered:
+                        self._translator.finalize_answered = False
+                        self._finalize_wanted = False
+                    for result in translated:
                         yield result
                     continue
                 if msg.type == aiohttp.WSMsgType.BINARY:
@@ -265,11 +145,10 @@ class DeepgramEngine(Engine):
                 if self._closing and code == 1000:
                     # CloseStream answered: the last Results and Metadata are in. Close the
                     # speech turn UtteranceEnd had no audio left to close.
-                    if self._speaking:
-                        self._speaking = False
-                        yield SpeechEndData(last_word_end=self._last_word_end)
+                    if (speech_end := self._translator.end_of_stream()) is not None:
+                        yield speech_end
                     return
-                async for result in self._recover(_close_error(code, reason)):
+                async for result in self._recover(close_error(code, reason)):
                     yield result
         finally:
             await self._drop_socket()
@@ -291,7 +170,7 @@ class DeepgramEngine(Engine):
                     max_msg_size=0,
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            raise _handshake_error(exc) from None
+            raise handshake_error(exc.status, exc.headers or {}, exc.message) from None
         except TimeoutError:
             raise UpstreamError(
                 "upstream_unavailable",
@@ -314,8 +193,8 @@ class DeepgramEngine(Engine):
         # private attribute; without it the id comes with the first Results or Metadata.
         handshake = getattr(ws, "_response", None)
         if handshake is not None and (rid := handshake.headers.get("dg-request-id")):
-            self.request_id = rid
-        self._offset_s = self._ring_start / self._bytes_per_s
+            self._translator.request_id = rid
+        self._translator.offset_s = self._ring_start / self._bytes_per_s
         self._sent = self._ring_start
         # §6.2: replay what no final covers yet; feed() appends meanwhile, so loop until
         # caught up, then let feed() send directly (no await between the check and the flip).
@@ -419,86 +298,12 @@ class DeepgramEngine(Engine):
             self._ring_start += excess
 
     def _settle(self, end_s: float) -> None:
-        """A final covers session audio up to ``end_s``: drop it from the replay ring."""
-        self._committed_s = max(self._committed_s, end_s)
-        upto = round(end_s * self._bytes_per_s / _PCM16_BYTES) * _PCM16_BYTES
+        """Finals cover session audio up to ``end_s``: drop it from the replay ring."""
+        upto = round(end_s * self._bytes_per_s / BYTES_PER_SAMPLE) * BYTES_PER_SAMPLE
         cut = min(upto - self._ring_start, self._sent - self._ring_start)
         if cut > 0:
             del self._ring[:cut]
             self._ring_start += cut
-
-    # -- vendor JSON → our results -----------------------------------------------------------
-
-    def _translate(self, text: str) -> list[EngineResult]:
-        try:
-            message: Any = json.loads(text)
-            kind = message.get("type") if isinstance(message, dict) else None
-            if kind == "Results":
-                return self._results(wire.DGResults.model_validate(message))
-            if kind == "SpeechStarted":
-                started = wire.DGSpeechStarted.model_validate(message)
-                self._speaking = True
-                return [SpeechStartData(timestamp=round(self._offset_s + started.timestamp, 3))]
-            if kind == "UtteranceEnd":
-                ended = wire.DGUtteranceEnd.model_validate(message)
-                if ended.last_word_end < 0:
-                    return []  # §3.4: -1 means "already finalized: ignore"
-                self._speaking = False
-                return [SpeechEndData(last_word_end=round(self._offset_s + ended.last_word_end, 3))]
-            if kind == "Metadata":
-                metadata = wire.DGMetadata.model_validate(message)
-                self.request_id = metadata.request_id or self.request_id
-            elif kind == "Error":
-                log.warning("Deepgram sent an Error message (request %s)", self.request_id)
-            # Unknown types are ignored (§3: new ones appear over time).
-        except (ValueError, ValidationError):
-            log.warning("unparseable message from Deepgram (request %s)", self.request_id)
-        return []
-
-    def _results(self, r: wire.DGResults) -> list[EngineResult]:
-        if r.metadata is not None and r.metadata.request_id:
-            self.request_id = r.metadata.request_id
-        alt = r.channel.alternatives[0] if r.channel.alternatives else wire.DGAlternative()
-        text = alt.transcript.strip()
-        start = round(self._offset_s + r.start, 3)
-        end = round(self._offset_s + r.start + r.duration, 3)
-        if not r.is_final:
-            # §3.1: an interim restates the whole open segment; it replaces the last one.
-            if not text:
-                return []
-            return [TokenData(text=text, confidence=_unit(alt.confidence), start=start, end=end)]
-        if end <= self._committed_s + 1e-3:
-            return []  # replayed audio already covered by a published final
-        self._settle(end)
-        if r.from_finalize:
-            self._finalize_wanted = False
-        if not text:
-            return []  # §6.11: empty finals settle audio but carry no words
-        if alt.words:
-            self._last_word_end = round(self._offset_s + alt.words[-1].end, 3)
-        words = [
-            Word(
-                word=w.punctuated_word or w.word,
-                start=round(self._offset_s + w.start, 3),
-                end=round(self._offset_s + w.end, 3),
-                confidence=_unit(w.confidence),
-            )
-            for w in alt.words
-        ]
-        return [
-            FinalData(
-                text=text,
-                confidence=_unit(alt.confidence),
-                start=words[0].start if words else start,
-                end=words[-1].end if words else end,
-                words=words,
-                speech_final=r.speech_final,
-            )
-        ]
-
-
-def _unit(x: float) -> float:
-    return min(1.0, max(0.0, round(x, 4)))
 
 
 class DeepgramProvider(EngineProvider):

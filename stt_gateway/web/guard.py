@@ -1,4 +1,4 @@
-"""Open mode's guards: who may drive a gateway that has no API key (``docs/api.md`` v2).
+"""Open mode's guards: who may drive a gateway that has no API key (``docs/api.md``).
 
 A gateway without keys trusts whoever reaches its port. Two guards keep that from extending to
 every web page its user happens to open:
