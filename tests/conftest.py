@@ -33,6 +33,7 @@ from tests.gateway_process import GatewayProcess
 from tests.llama_server import LlamaServer
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import CuttableProxy
+from tests.timing import budget
 
 ServerFactory = Callable[..., Coroutine[Any, Any, TestServer]]
 StartGateway = Callable[..., Coroutine[Any, Any, "Gateway"]]
@@ -130,7 +131,7 @@ async def gateway(start_gateway: StartGateway) -> Gateway:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=budget(120))) as session:
         yield session
 
 

@@ -15,6 +15,7 @@ import aiohttp
 
 from tests.audio_convert import Converted
 from tests.audio_files import Clip, clips
+from tests.timing import budget, pace
 
 FRAME_MS = 20
 
@@ -53,7 +54,7 @@ async def sse_messages(
 
     The stream may last as long as its session (minutes on a loaded box): it is bounded by
     silence (no byte for 120 s; heartbeats come every 15 s), not by the client's total."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=budget(120))
     async with http.get(url, headers=headers, timeout=timeout) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -122,7 +123,9 @@ def frames(pcm: bytes, sample_rate: int, frame_ms: int = FRAME_MS) -> list[bytes
 
 
 async def paced(chunks: list[bytes], chunk_s: float, speed: float) -> AsyncIterator[bytes]:
-    """Yield chunks on an absolute schedule, ``speed`` times real time (0: no pacing)."""
+    """Yield chunks on an absolute schedule, ``speed`` times real time (0: no pacing),
+    slowed by ``STT_TEST_SLOWDOWN`` (:func:`tests.timing.pace`)."""
+    speed = pace(speed) if speed else 0.0
     start = time.monotonic()
     for i, chunk in enumerate(chunks):
         if speed:
@@ -153,7 +156,7 @@ async def transcribe_ws(
     for frame in frames(pcm, sample_rate):
         await ws.send_bytes(frame)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
+    await asyncio.wait_for(reader, budget(120))
     return received
 
 
@@ -185,7 +188,7 @@ async def wait_for_audio(
 ) -> None:
     """Wait until the gateway has taken ``seconds`` of a session's audio: WS frames still in
     flight on one connection can be overtaken by a DELETE on another."""
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(budget(30)):
         while True:
             async with http.get(f"{base}/sessions/{session_id}") as resp:
                 if (await resp.json())["audio_seconds"] >= seconds - 1e-3:
@@ -193,7 +196,7 @@ async def wait_for_audio(
             await asyncio.sleep(0.01)
 
 
-SDK_SPEED = 4.0
+SDK_SPEED = pace(4.0)
 """Times real time the SDK tests stream at (the SDK clients and our own ``/sessions`` run
 they are held to alike; tests/js and tests/clients read it as ``STREAM_SPEED``). What they
 check is the protocol and the finals, not timing; streaming 4x keeps frames paced, as a live
@@ -220,7 +223,7 @@ async def sessions_live(http: aiohttp.ClientSession, base: str, c: Clip, engine:
         await asyncio.sleep(max(0.0, start + i * 0.02 / SDK_SPEED - loop.time()))
         await ws.send_bytes(frame)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
+    await asyncio.wait_for(reader, budget(120))
     return received.finals_text()
 
 
@@ -245,7 +248,7 @@ async def over_ws(http: aiohttp.ClientSession, base: str, audio: Converted, seed
     for piece in cut(audio.data, seed, audio.frame_bytes):
         await ws.send_bytes(piece)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
+    await asyncio.wait_for(reader, budget(120))
     return received
 
 

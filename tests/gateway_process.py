@@ -10,6 +10,7 @@ import signal
 import sys
 
 from tests.redis_server import drain, free_port
+from tests.timing import budget
 
 
 class GatewayProcess:
@@ -45,7 +46,7 @@ class GatewayProcess:
         assert process.stderr is not None
         lines: list[bytes] = []
         serving = 0
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(budget(60)):
             async for line in process.stderr:
                 lines.append(line)
                 serving += b"serving on" in line
@@ -68,7 +69,7 @@ class GatewayProcess:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.send_signal(signal.SIGTERM)
             try:
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(budget(30)):
                     await self._process.wait()
             except TimeoutError:
                 self._process.kill()

@@ -9,6 +9,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from tests.timing import budget
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -42,7 +44,7 @@ class RedisServer:
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert process.stdout is not None
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(budget(30)):
             async for line in process.stdout:
                 if b"Ready to accept connections" in line:
                     break

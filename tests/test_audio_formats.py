@@ -23,6 +23,7 @@ from tests.gateway_client import (
     over_ws,
     post_chunk,
 )
+from tests.timing import budget
 
 LOSSLESS = ("wav", "flac")
 """Formats whose decoded samples are the clip's own: the transcript is the PCM16 run's."""
@@ -101,7 +102,7 @@ async def test_bad_streams_get_a_clear_error_and_harm_no_one(
     for piece in cut(convert(c, "wav").data, seed=7):  # a new stream: heard
         await ws.send_bytes(piece)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 60)
+    await asyncio.wait_for(reader, budget(60))
     error, *rest = received.of_type("error")
     assert error["data"]["code"] == "unsupported_audio"
     assert "WebM" in error["data"]["message"]
@@ -160,7 +161,7 @@ async def test_a_new_connection_starts_a_new_stream(
     for piece in cut(convert(second, "webm-opus").data, seed=11):
         await ws.send_bytes(piece)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 60)
+    await asyncio.wait_for(reader, budget(60))
     assert not received.of_type("error"), received.of_type("error")
     heard = received.of_type("session_end")[0]["data"]["audio_seconds"]
     assert heard == pytest.approx(first.seconds + second.seconds, abs=0.05)

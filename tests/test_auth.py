@@ -18,6 +18,7 @@ from tests.audio_files import AUDIO_DIR, clip
 from tests.conftest import Gateway, StartGateway, direct_finals
 from tests.gateway_client import Received, follow_sse, frames, paced
 from tests.test_cli import run_cli
+from tests.timing import budget
 
 KEY = "ci-secret-0123456789abcdef"
 OTHER_KEY = "other-secret-fedcba9876543210"
@@ -231,7 +232,7 @@ async def test_attacks_are_refused_with_their_code_while_a_legitimate_session_st
         info = await resp.json()
     assert (info["audio_seconds"], info["last_seq"]) == (0, 0)
     await streaming
-    await asyncio.wait_for(sse, 60)
+    await asyncio.wait_for(sse, budget(60))
     assert got.of_type("error") == []
     assert got.logged[-1]["event_type"] == "session_end"
     assert got.finals_text() == " ".join(f.text for f in direct_finals(SPEECH))

@@ -14,6 +14,7 @@ import pytest
 from tests.audio_files import Clip, clip
 from tests.conftest import Gateway, StartGateway, direct_finals
 from tests.gateway_client import Received, create_session, follow_ws, frames, transcribe_ws
+from tests.timing import budget
 
 MAX_CHUNK = 64_000
 GOOD = clip("librivox-sns-0880")
@@ -125,7 +126,7 @@ async def test_ws_bad_frames_get_error_events_and_the_socket_and_sessions_go_on(
                 await ws.send_str(bad)
     await ws.send_json({"type": "keepalive"})
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 60)
+    await asyncio.wait_for(reader, budget(60))
 
     errors = received.of_type("error")
     assert [e["data"]["code"] for e in errors] == [code for _, _, code in BAD_WS_FRAMES]

@@ -16,6 +16,7 @@ from tests.audio_files import AUDIO_DIR, clip
 from tests.conftest import Gateway, ServerFactory, StartGateway, direct_finals
 from tests.fakes.openai_chat import KEY, FakeChat, summary_of
 from tests.gateway_client import create_session, over_ws
+from tests.timing import budget
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -28,7 +29,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
         stderr=asyncio.subprocess.PIPE,
         env=None if env is None else os.environ | env,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = await asyncio.wait_for(proc.communicate(), budget(120))
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -103,7 +104,7 @@ async def serve_until_logged(args: list[str], env: dict[str, str], wanted: str) 
     assert proc.stderr is not None
     log = ""
     try:
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(budget(60)):
             while wanted not in log:
                 line = await proc.stderr.readline()
                 assert line, f"the gateway exited ({await proc.wait()}): {log}"

@@ -18,6 +18,7 @@ from tests.audio_files import Clip, clip, clips, spoken_wer, wer
 from tests.conftest import Gateway, ServerFactory, StartGateway
 from tests.fakes.deepgram import FakeDeepgram, Fault
 from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames
+from tests.timing import budget
 
 KEY = "dg-secret-key-0123456789"
 DG = {"engine": "deepgram"}
@@ -95,7 +96,7 @@ async def run_session(
                 assert r.status == 202
     async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
         closed = await resp.json()
-    await asyncio.wait_for(reader, 30)
+    await asyncio.wait_for(reader, budget(30))
     assert closed["transcript"] == events.finals_text()
     return events
 
@@ -250,7 +251,7 @@ async def test_deepgram_1011_reconnects_and_keeps_the_transcript_and_others_stre
     c, other_clip = clip("librivox-sns-0920"), clip("librivox-sns-0930")
     fake.faults.append(Fault(close_1011_after_bytes=64_000))
     faulty = asyncio.create_task(run_session(http, gw, c, "post"))
-    await asyncio.wait_for(fake.connected.wait(), 5)  # the faulty one took the fault
+    await asyncio.wait_for(fake.connected.wait(), budget(5))  # the faulty one took the fault
     other = await run_session(http, gw, other_clip, "ws", pace=4.0)
     events = await faulty
     codes = [e["data"]["code"] for e in events.of_type("error")]
@@ -267,7 +268,7 @@ async def test_deepgram_401_and_429_fail_creation_clearly_and_others_stream_on(
     gw = await start_dg()
     c = clip("librivox-sns-0890")
     other = asyncio.create_task(run_session(http, gw, c, "ws", pace=8.0))
-    await asyncio.wait_for(fake.connected.wait(), 5)
+    await asyncio.wait_for(fake.connected.wait(), budget(5))
     fake.faults.append(Fault(reject=401))
     async with http.post(f"{gw.base}/sessions", json={"config": DG}) as resp:
         assert resp.status == 502
@@ -293,7 +294,7 @@ async def test_deepgram_key_refused_on_reconnect_ends_the_session_with_upstream_
     events = Received()
     reader = asyncio.create_task(follow_sse(http, session["stream_url"], events))
     await stream_ws(http, session["ws_url"], clip("librivox-sns-0930"))
-    await asyncio.wait_for(reader, 10)
+    await asyncio.wait_for(reader, budget(10))
     codes = [e["data"]["code"] for e in events.of_type("error")]
     assert codes == ["upstream_closed", "upstream_reconnecting", "upstream_auth", "upstream_error"]
     assert events.logged[-1]["data"]["reason"] == "upstream_error"
@@ -370,7 +371,7 @@ async def test_deepgram_finalize_settles_the_utterance_in_progress(
     for frame in half:
         await ws.send_bytes(frame)
     await ws.send_json({"type": "finalize"})
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(budget(5)):
         event = await ws.receive_json()
         while event["event_type"] != "final":
             event = await ws.receive_json()
@@ -378,7 +379,7 @@ async def test_deepgram_finalize_settles_the_utterance_in_progress(
     assert first["end"] <= 3.0 + 1e-6
     assert c.reference.startswith(" ".join(w["word"].lower().rstrip(".") for w in first["words"]))
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(follow_ws(ws, Received()), 10)
+    await asyncio.wait_for(follow_ws(ws, Received()), budget(10))
     assert fake.connections[0].finalizes == 1
 
 
@@ -441,7 +442,7 @@ async def test_deepgram_refusing_every_reconnect_hands_the_session_to_whisper(
     await stream_ws(http, session["ws_url"], Clip("both", pcm, 16_000, ""), pace=4.0)
     async with http.delete(f"{gw.base}/sessions/{session['session_id']}") as resp:
         transcript = (await resp.json())["transcript"]
-    await asyncio.wait_for(reader, 60)
+    await asyncio.wait_for(reader, budget(60))
 
     codes = [e["data"]["code"] for e in events.of_type("error")]
     assert codes[:2] == ["upstream_closed", "upstream_reconnecting"]
@@ -512,8 +513,8 @@ async def test_a_deepgram_client_on_the_front_with_engine_deepgram_never_sees_up
         await ws.send_bytes(frame)
         await asyncio.sleep(0.005)  # 4x real time
     await ws.send_str('{"type":"CloseStream"}')
-    await asyncio.wait_for(reader, 60)
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(reader, budget(60))
+    await asyncio.wait_for(follower, budget(60))
 
     assert ws.close_code == 1000
     assert [m["type"] for m in messages].count("Metadata") == 1

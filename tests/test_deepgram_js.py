@@ -13,6 +13,7 @@ from tests.audio_files import AUDIO_DIR, clips
 from tests.conftest import StartGateway
 from tests.gateway_client import SDK_SPEED, sessions_live_every_clip
 from tests.test_deepgram_sdk import KEY
+from tests.timing import budget
 
 JS_DIR = Path(__file__).parent / "js"
 
@@ -30,7 +31,7 @@ async def run_node(*args: str, node_flags: tuple[str, ...] = ()) -> list[dict[st
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    out, err = await asyncio.wait_for(proc.communicate(), budget(300))
     assert proc.returncode == 0, err.decode()
     assert not err.strip(), f"the SDK warned: {err.decode()}"
     return [json.loads(line) for line in out.decode().splitlines()]

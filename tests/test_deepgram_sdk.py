@@ -17,6 +17,7 @@ from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results
 from tests.audio_files import Clip, clip, clips, wer
 from tests.conftest import Gateway, StartGateway, direct_finals
 from tests.gateway_client import SDK_SPEED, frames, sessions_live
+from tests.timing import budget
 
 KEY = "sdk:" + "s" * 32
 
@@ -69,7 +70,7 @@ async def test_the_sdk_streams_live_and_reads_every_message(
         for i in range(0, len(c.pcm), 3200):
             await socket.send_media(c.pcm[i : i + 3200])
         await socket.send_close_stream()
-        await asyncio.wait_for(reader, 120)
+        await asyncio.wait_for(reader, budget(120))
 
     # Every message parsed into the SDK's own types (none skipped as unknown or invalid).
     kinds = [type(m).__name__ for m in received]
@@ -127,7 +128,7 @@ async def sdk_live(gateway: Gateway, c: Clip, engine: str) -> tuple[str, list[st
             await asyncio.sleep(max(0.0, start + i * 0.02 / SDK_SPEED - loop.time()))
             await socket.send_media(frame)
         await socket.send_close_stream()
-        await asyncio.wait_for(reader, 120)
+        await asyncio.wait_for(reader, budget(120))
     finals = [m for m in received if isinstance(m, ListenV1Results) and m.is_final]
     text = " ".join(
         f.channel.alternatives[0].transcript for f in finals if f.channel.alternatives[0].transcript

@@ -16,6 +16,7 @@ from tests.audio_files import AUDIO_DIR, clips
 from tests.conftest import StartGateway
 from tests.gateway_client import SDK_SPEED, sessions_live_every_clip
 from tests.test_deepgram_sdk import KEY
+from tests.timing import budget
 
 ROOT = Path(__file__).resolve().parents[1]
 SDK3 = ROOT / ".venv" / "sdk3"
@@ -32,7 +33,7 @@ async def run_v3(*args: str) -> list[dict[str, Any]]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    out, err = await asyncio.wait_for(proc.communicate(), budget(300))
     assert proc.returncode == 0, err.decode()
     # The SDK prints a line of its own at finish(); every result line is JSON.
     return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]

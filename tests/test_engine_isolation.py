@@ -18,6 +18,7 @@ from tests.audio_files import clip
 from tests.conftest import ServerFactory, StartGateway, direct_finals, make_settings
 from tests.fakes.echo import EchoProvider
 from tests.gateway_client import Received, create_session, follow_ws, frames
+from tests.timing import budget
 
 SPEECH = clip("librivox-sns-0880")
 
@@ -42,14 +43,14 @@ async def test_a_slow_session_does_not_delay_another(
         await asyncio.sleep(0.05)
     sent = time.monotonic()
     await fast_ws.send_bytes(b"\0\0" * 320)
-    first = await asyncio.wait_for(fast_ws.receive_json(), 5)
+    first = await asyncio.wait_for(fast_ws.receive_json(), budget(5))
     fast_at = time.monotonic()
     fast_latency = fast_at - sent
     assert first["event_type"] == "token"
     readers.append(asyncio.create_task(follow_ws(fast_ws, fast_got)))
     for ws in (slow_ws, fast_ws):
         await ws.send_json({"type": "close"})
-    await asyncio.wait_for(asyncio.gather(*readers), 10)
+    await asyncio.wait_for(asyncio.gather(*readers), budget(10))
     # How soon is bench/'s question (a timed bound fails on a busy box); this test asks
     # whether the fast session was served while the slow one still had work queued.
     print(f"\nfast session's token {fast_latency * 1000:.0f} ms after its audio")
@@ -72,14 +73,14 @@ async def test_a_dead_engine_worker_ends_its_sessions_cleanly_and_new_ones_work(
     # in use (speech recognised), then kill the worker under it.
     for frame in frames(SPEECH.pcm[:64000], 16_000):
         await ws.send_bytes(frame)
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(budget(30)):
         while not got.of_type("token"):  # noqa: ASYNC110 - follow_ws fills `got` as it reads
             await asyncio.sleep(0.01)
     (pid,) = gw.app[WORKERS].pids
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await ws.send_bytes(SPEECH.pcm[64000:96000])
-    await asyncio.wait_for(reader, 10)
+    await asyncio.wait_for(reader, budget(10))
     assert [e["event_type"] for e in got.events][-2:] == ["error", "session_end"]
     # What the engine had heard is kept: its last interim stands as a final.
     salvaged = got.of_type("final")[-1]["data"]

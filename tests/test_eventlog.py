@@ -19,6 +19,7 @@ from stt_gateway.events import (
     TokenData,
 )
 from stt_gateway.hub import Record, Subscription
+from tests.timing import budget
 
 
 def make_log(ring_events: int = 100, ring_bytes: int = 10**6, queue_size: int = 100) -> EventLog:
@@ -77,7 +78,7 @@ async def test_a_replica_behind_the_resume_position_gives_only_the_events_after_
     sub = late.subscribe(since=8)
     for record in records[1:]:
         late.append(record)
-    assert await asyncio.wait_for(drain(sub), 1) == []
+    assert await asyncio.wait_for(drain(sub), budget(1)) == []
 
 
 async def test_a_subscriber_behind_during_a_summary_gets_its_pieces_joined_and_none_lost() -> None:
@@ -127,7 +128,7 @@ async def test_a_reader_waiting_on_an_empty_queue_wakes_for_a_new_event() -> Non
     waiter = asyncio.create_task(sub.next())
     await asyncio.sleep(0)
     publish(log, 1)
-    assert (await asyncio.wait_for(waiter, 1)).seq == 1
+    assert (await asyncio.wait_for(waiter, budget(1))).seq == 1
 
 
 async def test_after_session_end_new_subscribers_get_the_replay_and_stop() -> None:
@@ -189,7 +190,7 @@ async def test_resuming_a_finished_session_at_its_end_ends_at_once() -> None:
     publish(log, 2)
     log.publish(SessionEndData(reason="client_closed", audio_seconds=0.0))
     with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(log.subscribe(since=3).next(), 1)
+        await asyncio.wait_for(log.subscribe(since=3).next(), budget(1))
 
 
 def make_event_json() -> str:
@@ -234,7 +235,7 @@ async def test_a_keeping_up_subscriber_gets_records_through_its_sink_in_order_an
     await asyncio.sleep(0.01)
     publish(log, 1)  # 9: the reader is parked again, so straight to the socket
     log.publish(SessionEndData(reason="client_closed", audio_seconds=1.0))
-    await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(task, budget(1))
     assert read == [1, 2, 6, 7, 8]
     assert socket.written == [3, 4, 5, 9, 10]
     assert log.subscriber_count == 0

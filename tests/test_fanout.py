@@ -15,6 +15,7 @@ import numpy as np
 from tests.audio_files import clip
 from tests.conftest import StartGateway
 from tests.gateway_client import Received, create_session, follow_sse, follow_ws, frames, paced
+from tests.timing import budget
 
 SUBSCRIBERS = 50
 MAX_REPEATS = 100  # 12 min of speech: a stalled reader still not cut by then is a failure
@@ -74,7 +75,7 @@ async def _fan_out(
         else:
             ws = await http.ws_connect(session["ws_url"])
             tasks.append(asyncio.create_task(follow_ws(ws, received)))
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(budget(10)):
         while True:  # everyone is subscribed before the first event
             async with http.get(f"{base}/sessions/{sid}") as resp:
                 if (await resp.json())["subscribers"] == SUBSCRIBERS + 1:
@@ -96,7 +97,7 @@ async def _fan_out(
             break
     async with http.delete(f"{base}/sessions/{sid}"):
         pass
-    await asyncio.wait_for(asyncio.gather(*tasks, sink), 60)
+    await asyncio.wait_for(asyncio.gather(*tasks, sink), budget(60))
 
     first = readers[0].seqs
     assert first == list(range(1, len(first) + 1))

@@ -30,6 +30,7 @@ from tests.gateway_client import (
     wait_for_audio,
 )
 from tests.test_metrics import scrape
+from tests.timing import budget
 
 SPEECH = clip("librivox-sns-0880")
 OTHER = clip("librivox-sns-0930")
@@ -73,7 +74,7 @@ async def test_ws_flood_from_a_second_socket_reaches_only_that_socket(
     flooding = asyncio.create_task(flood(intruder, binary=2000, text=200))
     async for frame in paced(frames(SPEECH.pcm, 16_000), 0.02, 4.0):
         await producer.send_bytes(frame)
-    await asyncio.wait_for(intruder_reader, 30)
+    await asyncio.wait_for(intruder_reader, budget(30))
     await flooding
 
     # The intruder got its own errors, none in the session's log, then 1008.
@@ -88,14 +89,14 @@ async def test_ws_flood_from_a_second_socket_reaches_only_that_socket(
     assert len(intruded.events) < 10
 
     await producer.send_json({"type": "close"})
-    await asyncio.wait_for(asyncio.gather(sse, producer_reader), 60)
+    await asyncio.wait_for(asyncio.gather(sse, producer_reader), budget(60))
     # After the close, audio from a late socket is refused to it alone.
     last_seq = (await session_info(http, gateway.base, sid))["last_seq"]
     late = await http.ws_connect(session["ws_url"] + "?events=false")
     for _ in range(3):
         await late.send_bytes(b"\0\0" * 320)
     late_got = Received()
-    await asyncio.wait_for(follow_ws(late, late_got), 10)
+    await asyncio.wait_for(follow_ws(late, late_got), budget(10))
     assert {e["data"]["code"] for e in late_got.events} <= {"session_closed"}
     assert (await session_info(http, gateway.base, sid))["last_seq"] == last_seq
 
@@ -146,7 +147,7 @@ async def test_ws_second_producer_is_refused_and_never_heard(
         assert resp.status == 409
         assert (await resp.json())["error"]["code"] == "producer_conflict"
     await other
-    await asyncio.wait_for(second_reader, 30)
+    await asyncio.wait_for(second_reader, budget(30))
     assert second.close_code == POLICY_VIOLATION
     conflicts = [e for e in second_got.events if e["event_type"] == "error"]
     assert conflicts
@@ -164,7 +165,7 @@ async def test_ws_second_producer_is_refused_and_never_heard(
         assert resp.status == 202
     async with http.delete(f"{gateway.base}/sessions/{sid}") as resp:
         transcript = (await resp.json())["transcript"]
-    await asyncio.wait_for(sse, 30)
+    await asyncio.wait_for(sse, budget(30))
     assert transcript == expected_text(SPEECH)
     assert subscriber.of_type("error") == []
     assert subscriber.finals_text() == transcript
@@ -234,7 +235,7 @@ async def test_open_mode_refuses_foreign_origins_and_rebinding_hosts_and_serves_
         await ws.send_bytes(b"\0\0" * 320)
         await ws.send_json({"type": "close"})
         got = Received()
-        await asyncio.wait_for(follow_ws(ws, got), 30)
+        await asyncio.wait_for(follow_ws(ws, got), budget(30))
         assert got.logged[-1]["event_type"] == "session_end", headers
         for name, headers_out in (("origin", evil), ("host", rebind)):
             with pytest.raises(aiohttp.WSServerHandshakeError) as handshake:

@@ -22,6 +22,7 @@ from stt_gateway.engines.local import MODEL
 from tests.audio_files import Clip, clip, wer
 from tests.conftest import Gateway, StartGateway, direct_finals
 from tests.gateway_client import Received, follow_sse
+from tests.timing import budget
 
 # Python SDK 7.x's query (appendix, point 4), with an odd-sized frame split below.
 SDK_QUERY = (
@@ -68,7 +69,7 @@ async def stream(
     for i in range(0, len(data), chunk):
         await ws.send_bytes(data[i : i + chunk])
     await ws.send_str('{"type": "CloseStream"}')
-    await asyncio.wait_for(reader, 120)
+    await asyncio.wait_for(reader, budget(120))
     return messages
 
 
@@ -98,7 +99,7 @@ async def test_a_deepgram_client_streams_and_gets_deepgram_messages(
     )
     messages = await stream(ws, c.pcm)
     assert ws.close_code == 1000
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(follower, budget(60))
 
     # Metadata once, last, naming the session and the audio it took.
     assert [m["type"] for m in messages].count("Metadata") == 1

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.audio_files import clip
 from tests.conftest import Gateway
 from tests.gateway_client import Received, create_session, follow_sse, frames, paced
+from tests.timing import budget
 
 
 async def scrape(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
@@ -40,7 +41,7 @@ async def test_metrics_count_what_a_streamed_file_produced(
         await ws.send_bytes(frame)
     live = await scrape(http, gateway.base)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 30)
+    await asyncio.wait_for(reader, budget(30))
     await ws.close()
     m = await scrape(http, gateway.base)
 

@@ -14,6 +14,7 @@ from openapi_spec_validator import validate
 
 from stt_gateway.events import EVENT_ADAPTER
 from tests.conftest import Gateway
+from tests.timing import budget
 
 API_ROUTES = {  # docs/api.md
     ("post", "/sessions"),
@@ -111,7 +112,7 @@ async def run_schemathesis(base: str, *args: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    out, _ = await asyncio.wait_for(proc.communicate(), budget(300))
     assert proc.returncode is not None
     return proc.returncode, out.decode()
 

@@ -27,6 +27,7 @@ from tests.gateway_client import (
     session_info,
     wait_for_info,
 )
+from tests.timing import budget
 
 ALL = Clip(
     name="all-clips",
@@ -62,7 +63,7 @@ async def test_ws_producer_far_ahead_is_held_to_the_lead_and_all_its_audio_trans
     await sender
     # Close on the same socket: a DELETE could overtake the frames the gateway holds back.
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(follow_ws(ws, Received()), 60)
+    await asyncio.wait_for(follow_ws(ws, Received()), budget(60))
     async with http.get(f"{gw.base}/sessions/{sid}/transcript") as resp:
         transcript = (await resp.json())["text"]
     print(f"\nengine backlog peak {peak:.2f} s (lead limit {lead_s} s)")
@@ -120,7 +121,7 @@ async def test_a_starved_engine_worker_still_leaves_the_words_its_interims_showe
     try:
         async with http.delete(f"{gw.base}/sessions/{sid}") as resp:
             transcript = (await resp.json())["transcript"]
-        await asyncio.wait_for(reader, 30)
+        await asyncio.wait_for(reader, budget(30))
     finally:
         os.kill(pid, signal.SIGCONT)
     last_interim = got.of_type("token")[-1]["data"]["text"]
@@ -157,7 +158,7 @@ async def test_close_waits_for_an_engine_that_is_slow_but_progressing(
     for _ in range(9):  # the worker is up (a token came): from here on it only works slowly
         await ws.send_bytes(frame)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 30)
+    await asyncio.wait_for(reader, budget(30))
     assert got.of_type("error") == [], [e["data"] for e in got.of_type("error")]
     assert got.of_type("final")[-1]["data"]["text"] == f"{10 * len(frame)} bytes"
     assert "source" not in got.of_type("final")[-1]["data"]
@@ -188,7 +189,7 @@ async def test_subscribers_past_the_limit_get_503_until_one_leaves(
     third_got = Received()
     third_reader = asyncio.create_task(follow_ws(third, third_got))
     await producer.send_json({"type": "close"})
-    await asyncio.wait_for(asyncio.gather(second, third_reader), 30)
+    await asyncio.wait_for(asyncio.gather(second, third_reader), budget(30))
     await producer.close()
     for got in (second_got, third_got):
         assert got.finals_text() == expected_text(clip("goforward"))
@@ -200,7 +201,7 @@ async def test_a_session_past_its_longest_duration_is_warned_then_ended(
     gw = await start_gateway(max_session_s=1.0)
     session = await create_session(http, gw.base)
     got = Received()
-    await asyncio.wait_for(follow_sse(http, session["stream_url"], got), 30)
+    await asyncio.wait_for(follow_sse(http, session["stream_url"], got), budget(30))
     assert [e["event_type"] for e in got.logged] == ["error", "session_end"]
     assert got.logged[0]["data"]["code"] == "max_duration_soon"
     assert got.logged[1]["data"]["reason"] == "max_duration"
@@ -283,7 +284,7 @@ async def test_engine_memory_follows_active_streams_not_created_sessions(
     # sessions' stream opens before them.
     transcripts = await asyncio.gather(*(stream(c) for c in speech))
     busy = after = rss_mb(pid) - baseline
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(budget(30)):
         while after > 50:
             await asyncio.sleep(0.1)
             after = rss_mb(pid) - baseline

@@ -31,6 +31,7 @@ from stt_gateway.app import create_app
 from tests.audio_files import clip
 from tests.conftest import direct_finals, make_settings
 from tests.gateway_client import Received, follow_sse, frames
+from tests.timing import budget
 
 T = TypeVar("T")
 SPEECH = clip("goforward")
@@ -205,14 +206,14 @@ def machine(h: Harness) -> type[RuleBasedStateMachine]:
                 for frame in FRAMES[self.sent :]:
                     await self.producer.send_bytes(frame)
                 await self.producer.send_json({"type": "close"})
-                await asyncio.wait_for(asyncio.gather(self.sse, self.producer_reader), 60)
+                await asyncio.wait_for(asyncio.gather(self.sse, self.producer_reader), budget(60))
                 if self.intruder is not None:
                     await self.intruder.close()
                 ws = await h.http.ws_connect(
                     self.session["ws_url"],
                     params={"since": str(self.resumed[-1]["seq"] if self.resumed else 0)},
                 )
-                await asyncio.wait_for(self._read(ws, self.resumed), 30)
+                await asyncio.wait_for(self._read(ws, self.resumed), budget(30))
                 async with h.http.get(
                     f"{h.base}/sessions/{self.session['session_id']}/transcript"
                 ) as resp:

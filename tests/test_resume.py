@@ -23,6 +23,7 @@ from tests.gateway_client import (
     sse_parse,
     wait_for_audio,
 )
+from tests.timing import budget
 
 KILLS = 200
 
@@ -171,7 +172,7 @@ async def test_a_websocket_peer_that_stops_answering_pings_is_dropped(
     dead = await http.ws_connect(session["ws_url"], autoping=False)  # never answers a ping
     alive = await http.ws_connect(session["ws_url"])
     reader = asyncio.create_task(follow_ws(alive, Received()))
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(budget(5)):
         while (msg := await dead.receive()).type == aiohttp.WSMsgType.PING:
             pass  # read the pings, answer none
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
@@ -179,4 +180,4 @@ async def test_a_websocket_peer_that_stops_answering_pings_is_dropped(
     async with http.get(f"{gw.base}/sessions/{session['session_id']}") as resp:
         assert (await resp.json())["subscribers"] == 1  # the live one stays
     await alive.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 10)
+    await asyncio.wait_for(reader, budget(10))

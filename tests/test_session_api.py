@@ -18,6 +18,7 @@ from tests.gateway_client import (
     frames,
     sse_messages,
 )
+from tests.timing import budget
 
 SPEECH = clip("librivox-sns-0920")
 
@@ -91,7 +92,7 @@ async def test_ws_finalize_gives_a_final_before_the_endpoint(
         await ws.send_bytes(frame)
     await ws.send_json({"type": "finalize"})
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 30)
+    await asyncio.wait_for(reader, budget(30))
     finals = received.of_type("final")
     assert len(finals) == 1
     assert finals[0]["data"]["speech_final"] is False
@@ -204,6 +205,6 @@ async def test_usage_python_example_transcribes_a_wav_when_copied(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), budget(60))
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == " ".join(f.text for f in direct_finals(SPEECH))

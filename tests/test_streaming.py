@@ -21,6 +21,7 @@ from tests.gateway_client import (
     paced,
     wait_for_audio,
 )
+from tests.timing import budget
 
 SPEED = 2.0
 """Audio is sent at twice real time: fast enough for CI, slow enough that results arrive
@@ -29,7 +30,7 @@ POST_CHUNK_MS = 100
 
 
 async def wait_for_subscribers(http: aiohttp.ClientSession, base: str, sid: str, n: int) -> None:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(budget(10)):
         while True:
             async with http.get(f"{base}/sessions/{sid}") as resp:
                 if (await resp.json())["subscribers"] >= n:
@@ -49,7 +50,7 @@ async def send_ws(http: aiohttp.ClientSession, url: str, clip: Clip, into: Recei
     await wait_for_audio(http, base, sid, clip.seconds)
     async with http.delete(f"{base}/sessions/{sid}") as resp:
         assert resp.status == 200
-    await asyncio.wait_for(reader, 60)  # the gateway closes the socket after session_end
+    await asyncio.wait_for(reader, budget(60))  # the gateway closes the socket after session_end
 
 
 async def send_posts(http: aiohttp.ClientSession, url: str, clip: Clip) -> None:
@@ -85,7 +86,7 @@ async def test_stream_gives_interims_finals_and_the_same_seqs_to_every_subscribe
     async with http.delete(f"{gateway.base}/sessions/{sid}") as resp:
         assert resp.status == 200  # the second DELETE for WS: idempotent
         closed = await resp.json()
-    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    await asyncio.wait_for(asyncio.gather(*tasks), budget(60))
 
     async with http.get(f"{gateway.base}/sessions/{sid}/transcript") as resp:
         transcript: dict[str, Any] = await resp.json()
@@ -138,9 +139,9 @@ async def test_an_audio_only_socket_gets_no_events_and_closes_when_the_session_e
         assert (await resp.json())["subscribers"] == 1  # the SSE reader, not the producer
     await producer.send_json({"type": "close"})
     # Everything the producer's socket gets: no event, then the close after session_end.
-    msg = await asyncio.wait_for(producer.receive(), 30)
+    msg = await asyncio.wait_for(producer.receive(), budget(30))
     assert msg.type == aiohttp.WSMsgType.CLOSE
-    await asyncio.wait_for(watching, 10)
+    await asyncio.wait_for(watching, budget(10))
     assert watcher.finals_text() == " ".join(f.text for f in direct_finals(c))
     assert watcher.logged[-1]["event_type"] == "session_end"
     for query in ("events=false&since=1", "events=maybe"):

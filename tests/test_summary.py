@@ -33,6 +33,7 @@ from tests.gateway_client import (
 )
 from tests.llama_server import ALIAS, LlamaServer
 from tests.redis_server import free_port
+from tests.timing import budget
 
 StartChat = Callable[..., Coroutine[Any, Any, tuple[FakeChat, str]]]
 
@@ -121,7 +122,7 @@ async def test_a_session_that_asks_for_a_summary_streams_it_before_session_end(
     follower = asyncio.create_task(follow_sse(http, session["stream_url"], received))
     await speak(http, session, c)
     closed = await close(http, gateway.base, session["session_id"])
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(follower, budget(60))
 
     kinds = [e["event_type"] for e in received.logged]
     assert received.seqs == list(range(1, len(received.seqs) + 1))
@@ -165,7 +166,7 @@ async def test_an_endpoint_that_answers_one_json_completion_gives_the_summary_in
     follower = asyncio.create_task(follow_sse(http, session["stream_url"], received))
     await speak(http, session, clip("goforward"))
     await close(http, gateway.base, session["session_id"])
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(follower, budget(60))
     tokens, summary = received.of_type("summary_token"), received.of_type("summary")
     assert len(tokens) == 1
     assert len(summary) == 1
@@ -217,14 +218,14 @@ async def test_a_summary_asked_mid_session_streams_and_the_session_goes_on(
         follow_sse(http, session["stream_url"], received, first_final=heard)
     )
     await speak(http, session, clip("goforward"))
-    await asyncio.wait_for(heard.wait(), 60)
+    await asyncio.wait_for(heard.wait(), budget(60))
     async with http.post(f"{gateway.base}/sessions/{sid}/summary") as resp:
         assert resp.status == 200, await resp.text()
         answer = await resp.json()
     assert (await get(http, f"{gateway.base}/sessions/{sid}"))["state"] != "closed"
     await speak(http, session, clip("librivox-sns-0880"))
     await close(http, gateway.base, sid)
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(follower, budget(60))
     assert len(chat.requests) == 1  # the one asked for; none at the end (not configured)
     [summary] = received.of_type("summary")
     assert summary["data"] == answer
@@ -274,7 +275,7 @@ async def test_a_failing_endpoint_gives_summary_failed_then_session_end_and_the_
     started = time.monotonic()
     closed = await close(http, gateway.base, session["session_id"])
     took = time.monotonic() - started
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(follower, budget(60))
     assert took < 20.0  # within the time limit (20 s; 1.5 s for the stalled endpoint)
     kinds = [e["event_type"] for e in received.logged]
     assert kinds[-2:] == ["error", "session_end"]
@@ -322,12 +323,12 @@ async def test_the_endpoint_key_never_appears_in_logs_events_errors_info_or_metr
             follow_sse(http, session["stream_url"], events, first_final=heard)
         )
         await speak(http, session, clip("goforward"))
-        await asyncio.wait_for(heard.wait(), 60)
+        await asyncio.wait_for(heard.wait(), budget(60))
         async with http.post(f"{gateway.base}/sessions/{sid}/summary") as resp:
             seen.append(await resp.text())
             assert resp.status == (200 if behaviour == "ok" and key == KEY else 502)
         await close(http, gateway.base, sid)
-        await asyncio.wait_for(follower, 60)
+        await asyncio.wait_for(follower, budget(60))
         seen += [str(e) for e in events.events]
         for path in ("/info", "/metrics", f"/sessions/{sid}", f"/sessions/{sid}/transcript"):
             async with http.get(gateway.base + path) as resp:
@@ -380,7 +381,7 @@ async def test_a_gateway_shutting_down_does_not_wait_on_the_llm_and_says_so(
     await speak(http, session, clip("goforward"))
     started = time.monotonic()
     await server.close()
-    await asyncio.wait_for(follower, 30)
+    await asyncio.wait_for(follower, budget(30))
     assert time.monotonic() - started < 15.0  # not the 20 s time limit, and no LLM request
     error, end = received.logged[-2:]
     assert error["data"]["code"] == "summary_failed"
@@ -414,7 +415,7 @@ async def test_a_real_llama_cpp_server_streams_the_summary_and_a_dropped_subscri
             if event["event_type"] == "session_end":
                 break
     await closing
-    await asyncio.wait_for(follower, 60)
+    await asyncio.wait_for(follower, budget(60))
 
     kinds = [e["event_type"] for e in full.logged]
     assert full.seqs == list(range(1, len(full.seqs) + 1))

@@ -24,6 +24,7 @@ from tests.audio_files import clip, clips, spoken_wer
 from tests.conftest import StartGateway, direct_finals, direct_whisper_finals
 from tests.gateway_client import Received, create_session, follow_ws, frames
 from tests.test_metrics import scrape
+from tests.timing import budget
 
 WHISPER = {"engine": "whisper"}
 
@@ -43,7 +44,7 @@ async def stream_to(http: aiohttp.ClientSession, session: dict[str, Any], pcm: b
     for frame in frames(pcm, 16_000):
         await ws.send_bytes(frame)
     await ws.send_json({"type": "close"})
-    await asyncio.wait_for(reader, 120)
+    await asyncio.wait_for(reader, budget(120))
     return received
 
 
